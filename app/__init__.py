@@ -1,0 +1,1 @@
+"""AniBridge service state: FastAPI + SQLModel with Alembic-managed schema."""

@@ -1,0 +1,147 @@
+"""Settings, read from the environment once.
+
+Every bad value raises `ConfigError` with one line that names the variable and
+what it accepts; entry points print that line and exit non-zero.
+"""
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+DATABASE_FILE_NAME = "anibridge_jobs.db"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
+POSTGRES_DRIVERS = ("postgresql", "postgresql+psycopg")
+URL_HINT = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: URL
+    migrate_on_startup: bool
+    backup_keep: int
+    migration_lock_timeout: float
+    connect_retries: int
+    host: str
+    port: int
+    log_level: str
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.get_backend_name() == "sqlite"
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
+
+
+def parse_int(name: str, raw: str, *, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} is not valid: use a whole number from {low} to {high}")
+    return value
+
+
+def parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    word = raw.strip().lower()
+    if word not in choices:
+        raise ConfigError(f"{name}={raw!r} is not valid: use one of {', '.join(choices)}")
+    return word
+
+
+def parse_database_url(raw: str) -> URL:
+    """Parse DATABASE_URL, normalising plain `postgresql://` to psycopg 3.
+
+    The error never repeats the value: it may carry a password.
+    """
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError:
+        raise ConfigError(f"DATABASE_URL is not a database URL: use {URL_HINT}") from None
+    if url.drivername in SQLITE_DRIVERS:
+        if not url.database or url.database == ":memory:":
+            raise ConfigError(f"DATABASE_URL needs a SQLite file path: use {URL_HINT}")
+        return url.set(drivername="sqlite")
+    if url.drivername in POSTGRES_DRIVERS:
+        if not url.database:
+            raise ConfigError(f"DATABASE_URL names no database: use {URL_HINT}")
+        return url.set(drivername="postgresql+psycopg")
+    raise ConfigError(
+        f"DATABASE_URL uses the unsupported driver {url.drivername!r}: use {URL_HINT}"
+    )
+
+
+def sqlite_url(path: Path) -> URL:
+    return URL.create("sqlite", database=str(path))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from `environ` (the process environment by default)."""
+    env = os.environ if environ is None else environ
+    data_dir = Path(env.get("DATA_DIR", "./data")).expanduser()
+    raw_url = env.get("DATABASE_URL", "").strip()
+    database_url = (
+        parse_database_url(raw_url) if raw_url else sqlite_url(data_dir / DATABASE_FILE_NAME)
+    )
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        migrate_on_startup=parse_bool(
+            "DB_MIGRATE_ON_STARTUP", env.get("DB_MIGRATE_ON_STARTUP", "true")
+        ),
+        backup_keep=parse_int("DB_BACKUP_KEEP", env.get("DB_BACKUP_KEEP", "5"), low=0, high=1000),
+        migration_lock_timeout=float(
+            parse_int(
+                "DB_MIGRATION_LOCK_TIMEOUT",
+                env.get("DB_MIGRATION_LOCK_TIMEOUT", "600"),
+                low=1,
+                high=86400,
+            )
+        ),
+        connect_retries=parse_int(
+            "DB_CONNECT_RETRIES", env.get("DB_CONNECT_RETRIES", "10"), low=0, high=1000
+        ),
+        host=env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
+        port=parse_int("PORT", env.get("PORT", "8000"), low=1, high=65535),
+        log_level=parse_choice("LOG_LEVEL", env.get("LOG_LEVEL", "info"), LOG_LEVELS),
+    )
+
+
+def ensure_data_dir(settings: Settings) -> None:
+    """Create DATA_DIR (and the SQLite file's folder) if missing."""
+    folders = {settings.data_dir}
+    if settings.is_sqlite:
+        folders.add(Path(settings.database_url.database).parent)
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"DATA_DIR: cannot create {folder}: {exc.strerror}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    settings = load_settings()
+    ensure_data_dir(settings)
+    return settings

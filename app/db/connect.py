@@ -1,0 +1,102 @@
+"""Open the migration connection, turning every way that fails into one clear line.
+
+Checked before SQLite is asked to touch anything: the folder is writable, the
+file is readable and writable and really is a SQLite database. PostgreSQL is
+retried a bounded number of times (a database container may still be
+starting). No message repeats the URL's password.
+"""
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from app.config import Settings
+from app.db.engine import make_engine
+from app.db.errors import DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+RETRY_DELAY_S = 1.0
+
+
+def check_sqlite_file(path: Path) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise DatabaseUnavailableError(f"the folder {folder} of the database does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DatabaseUnavailableError(
+            f"the data folder {folder} is not writable by user {os.getuid()}; "
+            "fix its ownership (PUID/PGID) or mount it read-write"
+        )
+    if not path.exists():
+        return
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise DatabaseUnavailableError(
+            f"the database {path} is not readable and writable by user {os.getuid()}; "
+            "fix its ownership (PUID/PGID) or permissions"
+        )
+    with path.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise DatabaseUnavailableError(
+            f"{path} is not a SQLite database; restore it from DATA_DIR/backups "
+            "or move it away to start afresh"
+        )
+
+
+def describe_failure(exc: DBAPIError, url: URL) -> str:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    return reason
+
+
+@contextmanager
+def connect_for_migrations(settings: Settings) -> Iterator[Connection]:
+    url = settings.database_url
+    if url.get_backend_name() == "sqlite":
+        check_sqlite_file(Path(url.database))
+    engine = make_engine(url, for_migrations=True)
+    try:
+        with _connect_with_retries(engine, url, settings.connect_retries) as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _connect_with_retries(engine, url: URL, retries: int) -> Iterator[Connection]:
+    safe_url = url.render_as_string(hide_password=True)
+    for attempt in range(retries + 1):
+        try:
+            connection = engine.connect()
+            connection.execute(
+                text("SELECT 1 FROM sqlite_master LIMIT 1")
+                if url.get_backend_name() == "sqlite"
+                else text("SELECT 1")
+            )
+            connection.rollback()
+            break
+        except DBAPIError as exc:
+            reason = describe_failure(exc, url)
+            if url.get_backend_name() == "sqlite" or attempt == retries:
+                raise DatabaseUnavailableError(
+                    f"cannot use the database {safe_url}: {reason}"
+                ) from None
+            log.warning(
+                "Database not reachable yet (attempt %d of %d): %s",
+                attempt + 1,
+                retries + 1,
+                reason,
+            )
+            time.sleep(RETRY_DELAY_S)
+    with connection:
+        yield connection

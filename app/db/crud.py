@@ -1,0 +1,134 @@
+"""Data access used by the service: plain functions over a Session."""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from app.db.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job, utc_now
+
+JOB_STATUSES = ("queued", "downloading", "completed", "failed", "cancelled")
+UNFINISHED_JOB_STATUSES = ("queued", "downloading")
+CLIENT_TASK_STATES = ("queued", "downloading", "paused", "completed", "error")
+
+
+def create_job(session: Session, *, source_site: str = DEFAULT_SITE) -> Job:
+    job = Job(source_site=source_site)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_jobs(session: Session, *, status: str | None = None, limit: int = 100) -> Sequence[Job]:
+    query = select(Job).order_by(col(Job.created_at).desc()).limit(limit)
+    if status is not None:
+        query = query.where(Job.status == status)
+    return session.exec(query).all()
+
+
+def update_job(session: Session, job_id: str, **changes: Any) -> Job | None:
+    """Apply progress/status changes to a job and bump `updated_at`."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    if "status" in changes and changes["status"] not in JOB_STATUSES:
+        raise ValueError(f"unknown job status {changes['status']!r}")
+    for name, value in changes.items():
+        setattr(job, name, value)
+    job.updated_at = utc_now()
+    session.add(job)
+    session.flush()
+    return job
+
+
+def fail_interrupted_jobs(session: Session) -> int:
+    """Mark jobs a previous run left queued or downloading as failed."""
+    jobs = session.exec(select(Job).where(col(Job.status).in_(UNFINISHED_JOB_STATUSES))).all()
+    for job in jobs:
+        job.status = "failed"
+        job.message = "interrupted by a restart"
+        job.updated_at = utc_now()
+        session.add(job)
+    session.flush()
+    return len(jobs)
+
+
+def upsert_availability(
+    session: Session,
+    *,
+    slug: str,
+    season: int,
+    episode: int,
+    language: str,
+    available: bool,
+    site: str = DEFAULT_SITE,
+    height: int | None = None,
+    vcodec: str | None = None,
+    provider: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> EpisodeAvailability:
+    key = (slug, season, episode, language, site)
+    row = session.get(EpisodeAvailability, key) or EpisodeAvailability(
+        slug=slug, season=season, episode=episode, language=language, site=site, available=False
+    )
+    row.available = available
+    row.height = height
+    row.vcodec = vcodec
+    row.provider = provider
+    row.extra = extra
+    row.checked_at = utc_now()
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_availability(
+    session: Session, slug: str, season: int, episode: int, language: str, site: str = DEFAULT_SITE
+) -> EpisodeAvailability | None:
+    return session.get(EpisodeAvailability, (slug, season, episode, language, site))
+
+
+def is_fresh(row: EpisodeAvailability, ttl: timedelta, *, now: datetime | None = None) -> bool:
+    """Whether a cached probe result is younger than `ttl`.
+
+    SQLite hands timestamps back naive; they were written as UTC.
+    """
+    checked_at = row.checked_at
+    if checked_at.tzinfo is None:
+        checked_at = checked_at.replace(tzinfo=UTC)
+    return (now or utc_now()) - checked_at < ttl
+
+
+def upsert_client_task(session: Session, *, hash: str, **fields: Any) -> ClientTask:
+    task = session.get(ClientTask, hash)
+    if task is None:
+        task = ClientTask(hash=hash, **fields)
+    else:
+        for name, value in fields.items():
+            setattr(task, name, value)
+    if task.state not in CLIENT_TASK_STATES:
+        raise ValueError(f"unknown client task state {task.state!r}")
+    session.add(task)
+    session.flush()
+    return task
+
+
+def list_client_tasks(session: Session, *, category: str | None = None) -> Sequence[ClientTask]:
+    query = select(ClientTask).order_by(col(ClientTask.added_on))
+    if category is not None:
+        query = query.where(ClientTask.category == category)
+    return session.exec(query).all()
+
+
+def delete_client_task(session: Session, hash: str) -> bool:
+    task = session.get(ClientTask, hash)
+    if task is None:
+        return False
+    session.delete(task)
+    session.flush()
+    return True

@@ -1,0 +1,1 @@
+"""Schemas of released databases made before migrations existed, kept as data."""

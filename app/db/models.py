@@ -1,0 +1,102 @@
+"""The service's tables.
+
+`Job`, `EpisodeAvailability` and `ClientTask` match, column for column, the
+schema the last release created with `create_all` (see
+tests/fixtures/legacy/multi_site.sql). Defaults are Python-side, as they were
+then. `StrmUrlMapping` is dormant: the table exists, nothing uses it yet.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field
+
+from app.db.metadata import AppModel
+
+DEFAULT_SITE = "aniworld.to"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return uuid4().hex
+
+
+class Job(AppModel, table=True):
+    id: str = Field(default_factory=new_job_id, primary_key=True, index=True)
+    status: str = Field(default="queued", index=True)
+    progress: float = 0.0
+    downloaded_bytes: int = 0
+    total_bytes: int | None = None
+    speed: float | None = None
+    eta: int | None = None
+    message: str | None = None
+    result_path: str | None = None
+    source_site: str | None = Field(default=DEFAULT_SITE, index=True)
+    created_at: datetime = Field(default_factory=utc_now, index=True)
+    updated_at: datetime = Field(default_factory=utc_now, index=True)
+
+
+class EpisodeAvailability(AppModel, table=True):
+    slug: str = Field(primary_key=True)
+    season: int = Field(primary_key=True)
+    episode: int = Field(primary_key=True)
+    language: str = Field(primary_key=True)
+    site: str = Field(default=DEFAULT_SITE, primary_key=True)
+    available: bool
+    height: int | None = None
+    vcodec: str | None = None
+    provider: str | None = None
+    checked_at: datetime = Field(default_factory=utc_now, index=True)
+    extra: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class ClientTask(AppModel, table=True):
+    hash: str = Field(primary_key=True, index=True)
+    name: str
+    slug: str
+    season: int
+    episode: int
+    language: str
+    site: str | None = Field(default=DEFAULT_SITE, index=True)
+    job_id: str | None = Field(default=None, index=True)
+    save_path: str | None = None
+    category: str | None = None
+    added_on: datetime = Field(default_factory=utc_now, index=True)
+    completion_on: datetime | None = None
+    state: str = Field(default="queued", index=True)
+
+
+class StrmUrlMapping(AppModel, table=True):
+    """Which provider URL a `.strm` file holds, and which episode it plays.
+
+    Dormant: kept so a future refresh of expired URLs has the data it needs.
+    See docs/strm-url-mapping.md.
+    """
+
+    __tablename__ = "strm_url_mapping"
+    __table_args__ = (
+        Index(
+            "ix_strm_url_mapping_episode_identity",
+            "slug",
+            "season",
+            "episode",
+            "language",
+            "site",
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    strm_path: str = Field(unique=True)
+    resolved_url: str
+    resolved_at: datetime = Field(default_factory=utc_now, index=True)
+    slug: str
+    season: int
+    episode: int
+    language: str
+    site: str = Field(default=DEFAULT_SITE)
+    provider_used: str | None = None

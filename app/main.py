@@ -1,0 +1,101 @@
+"""The FastAPI app, its start-up, and the `anibridge` command."""
+
+import argparse
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from app.api import router
+from app.config import ConfigError, Settings, get_settings
+from app.db import crud
+from app.db.backup import restore_backup
+from app.db.engine import make_engine, session_scope
+from app.db.errors import MigrationError
+from app.db.upgrade import database_revision, require_database_at_head, upgrade_database
+
+log = logging.getLogger("app")
+
+
+def prepare_database(settings: Settings) -> str | None:
+    """Make the database ready to serve and return its schema revision.
+
+    With DB_MIGRATE_ON_STARTUP (the default) this runs the same safe upgrade
+    as `alembic upgrade head`; without it, a database not at head is refused.
+    """
+    if settings.migrate_on_startup:
+        upgrade_database(settings)
+    else:
+        require_database_at_head(settings)
+    return ", ".join(database_revision(settings)) or None
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    app.state.schema_revision = prepare_database(settings)
+    app.state.engine = make_engine(settings.database_url)
+    with session_scope(app.state.engine) as session:
+        interrupted = crud.fail_interrupted_jobs(session)
+    if interrupted:
+        log.info("Marked %d interrupted jobs as failed", interrupted)
+    yield
+    app.state.engine.dispose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="AniBridge", lifespan=lifespan)
+    app.include_router(router)
+    return app
+
+
+app = create_app()
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="anibridge", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="migrate the database if needed, then serve (default)")
+    commands.add_parser("migrate", help="upgrade the database to head and exit")
+    restore = commands.add_parser("restore", help="replace the SQLite database with a backup")
+    restore.add_argument("backup", type=Path, help="a file from DATA_DIR/backups")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s [%(name)s] %(message)s"
+    )
+    if args.command == "migrate":
+        upgrade_database(settings)
+    elif args.command == "restore":
+        if not settings.is_sqlite:
+            raise ConfigError("DATABASE_URL: restore works on the SQLite database only")
+        aside = restore_backup(args.backup, Path(settings.database_url.database))
+        print(f"restored {args.backup}; the replaced database is kept as {aside}")
+    else:
+        serve(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, MigrationError) as exc:
+        print(f"anibridge: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Alembic environment: the URL comes from the app's settings, the metadata from app.db.
+
+Online runs go through `app.db.upgrade.guarded_migrations` (lock, single
+transaction, newer-database refusal, legacy adoption, backup); see there.
+"""
+
+from logging.config import fileConfig
+
+from alembic import context
+
+from app.config import ConfigError, get_settings
+from app.db import target_metadata
+from app.db.autogen import process_revision_directives, render_item
+from app.db.connect import connect_for_migrations
+from app.db.errors import MigrationError
+from app.db.upgrade import guarded_migrations
+
+config = context.config
+
+if config.config_file_name is not None and not config.attributes.get("skip_logging_setup"):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+CONFIGURE_OPTIONS = {
+    "target_metadata": target_metadata,
+    "render_as_batch": True,
+    "transactional_ddl": True,
+    "compare_type": True,
+    "compare_server_default": True,
+    "render_item": render_item,
+    "process_revision_directives": process_revision_directives,
+}
+
+
+def load_settings():
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        raise MigrationError(str(exc)) from None
+
+
+def run_migrations_offline() -> None:
+    """Print the SQL of the migrations instead of running them (`--sql`)."""
+    context.configure(
+        url=load_settings().database_url,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        **CONFIGURE_OPTIONS,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    """Run the migrations on a handed-in connection, or on one opened from the settings."""
+    settings = load_settings()
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run_guarded(connection, settings)
+        return
+    with connect_for_migrations(settings) as connection:
+        run_guarded(connection, settings)
+
+
+def run_guarded(connection, settings) -> None:
+    with guarded_migrations(context, connection, settings, **CONFIGURE_OPTIONS):
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
