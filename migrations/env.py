@@ -11,7 +11,7 @@ from alembic import context
 from app.config import ConfigError, get_settings
 from app.db import target_metadata
 from app.db.autogen import process_revision_directives, render_item
-from app.db.connect import connect_for_migrations
+from app.db.connect import migration_connection
 from app.db.errors import MigrationError
 from app.db.upgrade import guarded_migrations
 
@@ -32,6 +32,9 @@ CONFIGURE_OPTIONS = {
 
 
 def load_settings():
+    """Settings handed in by the caller, else the process's own."""
+    if "settings" in config.attributes:
+        return config.attributes["settings"]
     try:
         return get_settings()
     except ConfigError as exc:
@@ -53,16 +56,11 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     """Run the migrations on a handed-in connection, or on one opened from the settings."""
     settings = load_settings()
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        run_guarded(connection, settings)
-        return
-    with connect_for_migrations(settings) as connection:
-        run_guarded(connection, settings)
-
-
-def run_guarded(connection, settings) -> None:
-    with guarded_migrations(context, connection, settings, **CONFIGURE_OPTIONS):
+    handed_in = config.attributes.get("connection")
+    with (
+        migration_connection(settings, handed_in) as connection,
+        guarded_migrations(context, connection, settings, **CONFIGURE_OPTIONS),
+    ):
         context.run_migrations()
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
@@ -57,6 +58,23 @@ def describe_failure(exc: DBAPIError, url: URL) -> str:
     if url.password:
         reason = reason.replace(str(url.password), "***")
     return reason
+
+
+@contextmanager
+def migration_connection(settings: Settings, handed_in: Any = None) -> Iterator[Connection]:
+    """The connection env.py runs on: the caller's if one was handed in, else a new one.
+
+    Callers hand in a Connection, or something with `connect()` (an Engine, or
+    pytest-alembic's wrapper that hands back a connection it already holds).
+    """
+    if handed_in is None:
+        with connect_for_migrations(settings) as connection:
+            yield connection
+    elif isinstance(handed_in, Connection):
+        yield handed_in
+    else:
+        with handed_in.connect() as connection:
+            yield connection
 
 
 @contextmanager

@@ -10,12 +10,17 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer
 from sqlmodel import Field
 
 from app.db.metadata import AppModel
 
 DEFAULT_SITE = "aniworld.to"
+
+
+# Byte counts pass 2**31 (a 3 GB episode): BIGINT on PostgreSQL. SQLite keeps
+# the released INTEGER, which already stores 64 bits.
+ByteCount = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utc_now() -> datetime:
@@ -30,8 +35,8 @@ class Job(AppModel, table=True):
     id: str = Field(default_factory=new_job_id, primary_key=True, index=True)
     status: str = Field(default="queued", index=True)
     progress: float = 0.0
-    downloaded_bytes: int = 0
-    total_bytes: int | None = None
+    downloaded_bytes: int = Field(default=0, sa_type=ByteCount)
+    total_bytes: int | None = Field(default=None, sa_type=ByteCount)
     speed: float | None = None
     eta: int | None = None
     message: str | None = None

@@ -49,12 +49,20 @@ class UpgradePlan:
     destination: str | None
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """Alembic's config for this project, usable from any working directory."""
+def alembic_config(
+    connection: Connection | None = None, settings: Settings | None = None
+) -> Config:
+    """Alembic's config for this project, usable from any working directory.
+
+    A connection or settings given here reach env.py through `config.attributes`;
+    without them env.py opens its own connection from the environment's settings.
+    """
     config = Config(str(ALEMBIC_INI))
     config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
     if connection is not None:
         config.attributes["connection"] = connection
+    if settings is not None:
+        config.attributes["settings"] = settings
     return config
 
 
@@ -173,7 +181,7 @@ class RevisionTimer:
 def upgrade_database(settings: Settings, revision: str = "head") -> None:
     """Upgrade the configured database in-process, through the same env.py as the CLI."""
     with connect_for_migrations(settings) as connection:
-        command.upgrade(alembic_config(connection), revision)
+        command.upgrade(alembic_config(connection, settings), revision)
 
 
 def database_revision(settings: Settings) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 Revision ID: 5cb5dab892ec
 Revises:
-Create Date: 2026-11-25 16:47:09.518579+00:00
+Create Date: 2026-11-25 16:51:04.367824+00:00
 
 """
 
@@ -70,8 +70,12 @@ def upgrade() -> None:
         sa.Column("id", sa.String(), nullable=False),
         sa.Column("status", sa.String(), nullable=False),
         sa.Column("progress", sa.Float(), nullable=False),
-        sa.Column("downloaded_bytes", sa.Integer(), nullable=False),
-        sa.Column("total_bytes", sa.Integer(), nullable=True),
+        sa.Column(
+            "downloaded_bytes", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column(
+            "total_bytes", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
         sa.Column("speed", sa.Float(), nullable=True),
         sa.Column("eta", sa.Integer(), nullable=True),
         sa.Column("message", sa.String(), nullable=True),

@@ -1,0 +1,99 @@
+"""Shared fixtures: databases on both engines, settings, and pytest-alembic wiring.
+
+PostgreSQL tests run against the server at TEST_DATABASE_URL (default: the
+local trust-auth server), each in a database created for it and dropped
+afterwards. Without a server they are skipped, except under CI=true, where
+they fail.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pytest_alembic.config import Config as PytestAlembicConfig
+from sqlalchemy.engine import URL, make_url
+
+from app.config import Settings, load_settings
+from app.db.engine import make_engine
+from app.db.upgrade import alembic_config as make_alembic_config
+from tests.revision_data import rows_by_revision
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def postgres_server_url() -> URL:
+    return make_url(os.environ.get("TEST_DATABASE_URL", DEFAULT_POSTGRES_URL)).set(
+        drivername="postgresql+psycopg"
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[sa.Engine]:
+    """An AUTOCOMMIT engine on the test server's maintenance database."""
+    engine = sa.create_engine(
+        postgres_server_url(), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        message = f"PostgreSQL not reachable at {postgres_server_url()!r}: {exc.orig}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: sa.Engine) -> Iterator[URL]:
+    """A fresh, empty PostgreSQL database for one test."""
+    name = f"anibridge_test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield postgres_server_url().set(database=name)
+    with postgres_admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> URL:
+    return URL.create("sqlite", database=str(tmp_path / "data" / "anibridge_jobs.db"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> URL:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+def settings_for(url: URL, data_dir: Path, **environ: str) -> Settings:
+    env = {"DATA_DIR": str(data_dir), "DATABASE_URL": url.render_as_string(False)}
+    env.update(environ)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return load_settings(env)
+
+
+@pytest.fixture
+def settings(database_url: URL, tmp_path: Path) -> Settings:
+    return settings_for(database_url, tmp_path / "data")
+
+
+@pytest.fixture
+def alembic_engine(settings: Settings) -> Iterator[sa.Engine]:
+    engine = make_engine(settings.database_url, for_migrations=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def alembic_config(settings: Settings) -> PytestAlembicConfig:
+    return PytestAlembicConfig(
+        alembic_config=make_alembic_config(settings=settings),
+        at_revision_data=rows_by_revision(),
+    )
