@@ -63,6 +63,7 @@ def alembic_config(
         config.attributes["connection"] = connection
     if settings is not None:
         config.attributes["settings"] = settings
+        config.attributes["skip_logging_setup"] = True
     return config
 
 
