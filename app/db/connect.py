@@ -78,16 +78,31 @@ def migration_connection(settings: Settings, handed_in: Any = None) -> Iterator[
 
 
 @contextmanager
-def connect_for_migrations(settings: Settings) -> Iterator[Connection]:
+def connect_for_migrations(settings: Settings, *, read_only: bool = False) -> Iterator[Connection]:
+    """A checked connection; `read_only` ones use the service engine, which takes no write lock."""
     url = settings.database_url
     if url.get_backend_name() == "sqlite":
         check_sqlite_file(Path(url.database))
-    engine = make_engine(url, for_migrations=True)
+    engine = make_engine(url, for_migrations=not read_only)
     try:
         with _connect_with_retries(engine, url, settings.connect_retries) as connection:
             yield connection
     finally:
         engine.dispose()
+
+
+def _probe(connection: Connection) -> None:
+    """Read something, so a corrupt file or a dead server shows now.
+
+    On SQLite the probe goes through the raw driver connection, which is in
+    autocommit mode for migrations: it must not take the write lock that
+    another process's upgrade may be holding while this one waits its turn.
+    """
+    if connection.dialect.name == "sqlite":
+        connection.connection.driver_connection.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    else:
+        connection.execute(text("SELECT 1"))
+        connection.rollback()
 
 
 @contextmanager
@@ -96,12 +111,7 @@ def _connect_with_retries(engine, url: URL, retries: int) -> Iterator[Connection
     for attempt in range(retries + 1):
         try:
             connection = engine.connect()
-            connection.execute(
-                text("SELECT 1 FROM sqlite_master LIMIT 1")
-                if url.get_backend_name() == "sqlite"
-                else text("SELECT 1")
-            )
-            connection.rollback()
+            _probe(connection)
             break
         except DBAPIError as exc:
             reason = describe_failure(exc, url)

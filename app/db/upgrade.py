@@ -186,15 +186,16 @@ def upgrade_database(settings: Settings, revision: str = "head") -> None:
 
 
 def database_revision(settings: Settings) -> tuple[str, ...]:
-    with connect_for_migrations(settings) as connection:
+    with connect_for_migrations(settings, read_only=True) as connection:
         return current_heads(connection)
 
 
 def require_database_at_head(settings: Settings) -> None:
     """For DB_MIGRATE_ON_STARTUP=false: refuse to serve a database not at head."""
-    heads = set(script_directory().get_heads())
+    script = script_directory()
     current = database_revision(settings)
-    refuse_unknown_revisions(script_directory(), current)
+    refuse_unknown_revisions(script, current)
+    heads = set(script.get_heads())
     if set(current) != heads:
         raise MigrationError(
             f"the database is at revision {', '.join(current) or 'none'} but this release "
