@@ -76,7 +76,7 @@ def parse_database_url(raw: str) -> URL:
     """
     try:
         url = make_url(raw.strip())
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(f"DATABASE_URL is not a database URL: use {URL_HINT}") from None
     if url.drivername in SQLITE_DRIVERS:
         if not url.database or url.database == ":memory:":

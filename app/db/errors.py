@@ -1,7 +1,8 @@
 """Errors an operator can act on.
 
 They subclass Alembic's `CommandError`, so the plain `alembic` command line
-prints them as one `FAILED: ...` line and exits 1 instead of a traceback.
+prints them as one `FAILED: ...` line and exits non-zero (255) instead of
+showing a traceback; `anibridge` and `python -m app.migrate` exit 1.
 """
 
 from alembic.util import CommandError

@@ -3,7 +3,9 @@
 Constraint names are left out on purpose: databases made by `create_all`
 carry SQLite's unnamed constraints, migrated ones carry the naming
 convention's names, and both are the same schema. Types are compared by their
-generic SQLAlchemy kind so a SQLite and a PostgreSQL schema can be compared.
+generic SQLAlchemy kind so a SQLite and a PostgreSQL schema can be compared
+(integer widths fold together: byte counts are INTEGER on SQLite and BIGINT on
+PostgreSQL by design; autogenerate's type comparison still catches width drift).
 """
 
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ def generic_type_name(column_type: types.TypeEngine) -> str:
         return type(column_type).__name__.upper()
     if isinstance(generic, types.Float):
         return "FLOAT"
+    if isinstance(generic, types.Integer):
+        return "INTEGER"
     return type(generic).__name__.upper()
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: bd4dbe993fef
 Revises: 5cb5dab892ec
-Create Date: 2026-11-25 17:00:00+00:00
+Create Date: 2026-11-25 16:52:00+00:00
 
 """
 

@@ -1,0 +1,328 @@
+"""Databases as released AniBridge versions left them on disk, and ways to inspect them.
+
+The rows are written with raw sqlite3, the way the released service's SQLAlchemy
+models left them and worse: umlauts and Japanese titles, NULL in every nullable
+column, nested unicode JSON in `extra`, naive and timezone-aware timestamp
+strings, byte counts above 2**32, every job status and client task state. The
+same seed always gives the same rows.
+
+Also here: a row dump for before/after comparisons, and the runner for the
+command lines (`alembic`, `python -m app.migrate`, `anibridge`) as a container runs them.
+"""
+
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import subprocess
+from datetime import UTC, datetime, timedelta, timezone
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from app.db import metadata
+from app.db.schema_shape import app_tables
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+BASELINE = "5cb5dab892ec"
+HEAD = "bd4dbe993fef"
+
+MULTI_SITE = "multi_site"
+SINGLE_SITE = "single_site"
+LEGACY_TABLES = ("clienttask", "episodeavailability", "job")
+LEGACY_SITE = "aniworld.to"
+SITE_COLUMNS = {"job": "source_site", "clienttask": "site", "episodeavailability": "site"}
+
+JOB_STATUSES = ("queued", "downloading", "completed", "failed", "cancelled")
+TASK_STATES = ("queued", "downloading", "paused", "completed", "error")
+SITES = ("aniworld.to", "s.to", "megakino")
+LANGUAGES = ("German Dub", "German Sub", "English Sub")
+TITLES = (
+    ("attack-on-titan", "進撃の巨人 – Attack on Titan"),
+    ("demon-slayer", "鬼滅の刃"),
+    ("frieren", "Frieren – Nach dem Ende der Reise"),
+    ("maedchen-und-panzer", "Mädchen und Panzer: Größte Schlacht"),
+    ("one-piece", "ワンピース"),
+    ("die-schoene", "Die Schöne und das Biest – Über Äpfel"),
+)
+PROVIDERS = ("VOE", "Filemoon", "Vidoza", "Doodstream")
+EPOCH = datetime(2023, 1, 1)
+
+
+def legacy_sql(variant: str) -> str:
+    """The DDL the released service's `create_all` ran (`multi_site` or `single_site`)."""
+    return files("app.db.legacy").joinpath(f"{variant}.sql").read_text()
+
+
+def create_legacy_sqlite(path: Path, variant: str, rows: int, seed: int = 0) -> None:
+    """Write a legacy database file with `rows` rows in each of its tables."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("PRAGMA synchronous = OFF")
+        connection.executescript(f"BEGIN; {legacy_sql(variant)} COMMIT;")
+        insert_rows(connection, legacy_rows(variant, rows, seed))
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def insert_rows(connection: sqlite3.Connection, rows: dict[str, list[dict[str, Any]]]) -> None:
+    for table, table_rows in rows.items():
+        columns = list(table_rows[0])
+        connection.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            [tuple(row[column] for column in columns) for row in table_rows],
+        )
+
+
+def legacy_rows(
+    variant: str, count: int, seed: int = 0, first: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows number `first` to `first + count - 1`, as SQLite stores them.
+
+    Single-site rows have no site columns. Batches added to one database need
+    distinct seeds and numbers, which make distinct keys.
+    """
+    rng = random.Random(seed)
+    numbers = range(first, first + count)
+    jobs = [job_row(rng, index) for index in numbers]
+    job_ids = dict(zip(numbers, (job["id"] for job in jobs), strict=True))
+    rows = {
+        "job": jobs,
+        "episodeavailability": [availability_row(rng, index) for index in numbers],
+        "clienttask": [client_task_row(rng, index, job_ids[index]) for index in numbers],
+    }
+    if variant == SINGLE_SITE:
+        for table, column in SITE_COLUMNS.items():
+            for row in rows[table]:
+                del row[column]
+    return rows
+
+
+def job_row(rng: random.Random, index: int) -> dict[str, Any]:
+    _slug, title = TITLES[index % len(TITLES)]
+    total = rng.randrange(2**32, 2**40) if index % 3 else rng.randrange(2**20, 2**31)
+    return {
+        "id": f"{rng.getrandbits(128):032x}",
+        "status": JOB_STATUSES[index % len(JOB_STATUSES)],
+        "progress": rng.uniform(0, 100),
+        "downloaded_bytes": rng.randrange(0, total),
+        "total_bytes": maybe_null(rng, total),
+        "speed": maybe_null(rng, rng.uniform(0, 2**27)),
+        "eta": maybe_null(rng, rng.randrange(0, 86400)),
+        "message": maybe_null(rng, f"Lade {title} – Größe unbekannt"),
+        "result_path": maybe_null(rng, f"/downloads/{title}/S01E{index % 99 + 1:02d}.mkv"),
+        "source_site": maybe_null(rng, SITES[index % len(SITES)]),
+        "created_at": timestamp(rng, index),
+        "updated_at": timestamp(rng, index + 1),
+    }
+
+
+def availability_row(rng: random.Random, index: int) -> dict[str, Any]:
+    slug, _title = TITLES[index % len(TITLES)]
+    return {
+        "slug": slug,
+        "season": 1 + index % 4,
+        "episode": 1 + index,
+        "language": LANGUAGES[index % len(LANGUAGES)],
+        "site": SITES[index % len(SITES)],
+        "available": rng.randrange(2),
+        "height": maybe_null(rng, rng.choice((480, 720, 1080, 2160))),
+        "vcodec": maybe_null(rng, rng.choice(("h264", "hevc", "av1"))),
+        "provider": maybe_null(rng, rng.choice(PROVIDERS)),
+        "checked_at": timestamp(rng, index),
+        "extra": extra_json(rng, index),
+    }
+
+
+def client_task_row(rng: random.Random, index: int, job_id: str) -> dict[str, Any]:
+    slug, title = TITLES[index % len(TITLES)]
+    season, episode = 1 + index % 4, 1 + index % 24
+    language = LANGUAGES[index % len(LANGUAGES)]
+    return {
+        "hash": f"{rng.getrandbits(160):040x}",
+        "name": f"{title} S{season:02d}E{episode:02d} [{language}]",
+        "slug": slug,
+        "season": season,
+        "episode": episode,
+        "language": language,
+        "site": maybe_null(rng, SITES[index % len(SITES)]),
+        "job_id": maybe_null(rng, job_id),
+        "save_path": maybe_null(rng, "/downloads/Über"),
+        "category": maybe_null(rng, rng.choice(("sonarr", "tv-anime"))),
+        "added_on": timestamp(rng, index),
+        "completion_on": maybe_null(rng, timestamp(rng, index + 2)),
+        "state": TASK_STATES[index % len(TASK_STATES)],
+    }
+
+
+def maybe_null(rng: random.Random, value: Any) -> Any:
+    return None if rng.random() < 0.25 else value
+
+
+def timestamp(rng: random.Random, index: int) -> str:
+    """A timestamp string in one of the forms found in released databases."""
+    moment = EPOCH + timedelta(seconds=rng.randrange(3 * 365 * 86400), microseconds=index)
+    style = index % 3
+    if style == 0:
+        return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if style == 1:
+        return moment.replace(tzinfo=UTC).isoformat()
+    return moment.replace(tzinfo=timezone(timedelta(hours=9))).isoformat(timespec="seconds")
+
+
+def extra_json(rng: random.Random, index: int) -> str | None:
+    if index % 4 == 0:
+        return None
+    _slug, title = TITLES[index % len(TITLES)]
+    document = {
+        "title": title,
+        "providers": rng.sample(PROVIDERS, 2),
+        "probe": {"height": rng.choice((720, 1080)), "notes": ["Ü", "日本語", None]},
+        "checked": rng.random() < 0.5,
+    }
+    return json.dumps(document, ensure_ascii=index % 2 == 0)
+
+
+def dump_rows(
+    connection: sa.Connection, tables: tuple[str, ...] | None = None
+) -> dict[str, list[tuple]]:
+    """Every row of every app table (or of `tables`), raw from the driver, in a stable order.
+
+    Each row is a tuple of (column, value) pairs sorted by column, so a column
+    added or moved by a migration shows as exactly that.
+    """
+    result = {}
+    for table in tables or app_tables(connection):
+        rows = connection.exec_driver_sql(f'SELECT * FROM "{table}"').mappings()
+        result[table] = sorted((tuple(sorted(row.items())) for row in rows), key=repr)
+    return result
+
+
+def dump_sqlite_rows(path: Path, tables: tuple[str, ...] | None = None) -> dict[str, list[tuple]]:
+    engine = sqlite_file_engine(path)
+    try:
+        with engine.connect() as connection:
+            return dump_rows(connection, tables)
+    finally:
+        engine.dispose()
+
+
+def sqlite_file_engine(path: Path) -> sa.Engine:
+    return sa.create_engine(f"sqlite:///{path}", poolclass=NullPool)
+
+
+def with_legacy_site(dump: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
+    """What a single-site dump must become: each row gains its table's site column."""
+    return {
+        table: sorted(
+            (tuple(sorted((*row, (SITE_COLUMNS[table], LEGACY_SITE)))) for row in rows), key=repr
+        )
+        for table, rows in dump.items()
+    }
+
+
+def sqlite_revision(path: Path) -> str | None:
+    connection = sqlite3.connect(path)
+    try:
+        row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    finally:
+        connection.close()
+    return row[0] if row else None
+
+
+def sqlite_table_names(path: Path) -> set[str]:
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {name for (name,) in rows}
+    finally:
+        connection.close()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def create_legacy_postgres(connection: sa.Connection, rows: int, seed: int = 0) -> None:
+    """The released tables made by `create_all` on PostgreSQL, filled like the SQLite ones.
+
+    PostgreSQL gets booleans as booleans; timestamp and JSON strings are parsed by the server.
+    """
+    metadata.create_all(connection, tables=[metadata.tables[name] for name in LEGACY_TABLES])
+    for table, table_rows in legacy_rows(MULTI_SITE, rows, seed).items():
+        columns = list(table_rows[0])
+        statement = (
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join(f'%({column})s' for column in columns)})"
+        )
+        connection.exec_driver_sql(statement, [postgres_values(row) for row in table_rows])
+
+
+def postgres_values(row: dict[str, Any]) -> dict[str, Any]:
+    if "available" in row:
+        return {**row, "available": bool(row["available"])}
+    return row
+
+
+def command_environment(data_dir: Path, database_url: str | None = None, **extra: str) -> dict:
+    """The process environment of a container start: DATA_DIR and, optionally, DATABASE_URL."""
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("DB_") and key not in ("DATABASE_URL", "DATA_DIR")
+    }
+    environ["DATA_DIR"] = str(data_dir)
+    if database_url is not None:
+        environ["DATABASE_URL"] = database_url
+    environ.update(extra)
+    return environ
+
+
+def run_command(
+    argv: list[str], environ: dict[str, str], *, without_root_powers: bool = False
+) -> subprocess.CompletedProcess:
+    """Run a command from the repo root, output captured as text.
+
+    `without_root_powers` drops every capability, so uid 0 is bound by permission
+    bits like any user (the venv's interpreter lives under /root, out of reach of
+    other users).
+    """
+    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if without_root_powers else []
+    return subprocess.run(
+        [*prefix, *argv],
+        cwd=REPO_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def alembic_upgrade_head(environ: dict[str, str], **options: bool) -> subprocess.CompletedProcess:
+    return run_command([str(VENV_BIN / "alembic"), "upgrade", "head"], environ, **options)
+
+
+def python_migrate(environ: dict[str, str], **options: bool) -> subprocess.CompletedProcess:
+    return run_command([str(VENV_BIN / "python"), "-m", "app.migrate"], environ, **options)
+
+
+def anibridge(args: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess:
+    return run_command([str(VENV_BIN / "anibridge"), *args], environ)
+
+
+def failure_line(result: subprocess.CompletedProcess, marker: str) -> str:
+    """The one line of a failed command that carries `marker`, after checking it failed cleanly."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if marker in line]
+    assert len(lines) == 1, output
+    return lines[0]

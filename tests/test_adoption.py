@@ -1,0 +1,349 @@
+"""Adoption of databases made before migrations: rows kept, unknown schemas refused untouched.
+
+Each upgrade runs once through the `alembic upgrade head` command line (as a
+container does) and once in-process through `upgrade_database` (as start-up does).
+LEGACY_ROWS (default 3000 per table) can be raised for long runs.
+"""
+
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+import app.db.adoption
+from app.db.engine import make_engine
+from app.db.errors import UnknownSchemaError
+from app.db.schema_shape import TableShape, describe_schema
+from app.db.upgrade import current_heads, upgrade_database
+from tests.conftest import settings_for
+from tests.legacy_data import (
+    BASELINE,
+    HEAD,
+    JOB_STATUSES,
+    LANGUAGES,
+    LEGACY_TABLES,
+    MULTI_SITE,
+    SINGLE_SITE,
+    SITES,
+    TASK_STATES,
+    alembic_upgrade_head,
+    command_environment,
+    create_legacy_postgres,
+    create_legacy_sqlite,
+    dump_rows,
+    dump_sqlite_rows,
+    failure_line,
+    legacy_rows,
+    legacy_sql,
+    sha256_of,
+    sqlite_file_engine,
+    sqlite_revision,
+    sqlite_table_names,
+    with_legacy_site,
+)
+
+LEGACY_ROWS = int(os.environ.get("LEGACY_ROWS", "3000"))
+ADOPTED_LOG = f"Adopted an unversioned database as baseline revision {BASELINE}"
+UPGRADED_LOG = f"Running upgrade {BASELINE} -> {HEAD}"
+
+Upgrader = Callable[[Path], str]
+
+
+@pytest.fixture(params=["alembic_cli", "in_process"])
+def upgrade(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Upgrader:
+    """Upgrade the SQLite file at DATA_DIR/anibridge_jobs.db to head; return the log text."""
+
+    def through_cli(data_dir: Path) -> str:
+        result = alembic_upgrade_head(command_environment(data_dir))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout + result.stderr
+
+    def in_process(data_dir: Path) -> str:
+        caplog.set_level(logging.INFO)
+        upgrade_database(settings_for(sqlite_url(data_dir), data_dir))
+        return caplog.text
+
+    return through_cli if request.param == "alembic_cli" else in_process
+
+
+def sqlite_url(data_dir: Path) -> URL:
+    return URL.create("sqlite", database=str(data_dir / "anibridge_jobs.db"))
+
+
+@pytest.fixture(scope="module")
+def head_shape(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TableShape]:
+    """The schema of a fresh database upgraded to head."""
+    data_dir = tmp_path_factory.mktemp("fresh")
+    upgrade_database(settings_for(sqlite_url(data_dir), data_dir))
+    return sqlite_schema(data_dir / "anibridge_jobs.db")
+
+
+@dataclass(frozen=True)
+class LegacyFile:
+    path: Path
+    rows: dict[str, list[tuple]]
+
+    def copy_into(self, data_dir: Path) -> Path:
+        return Path(shutil.copyfile(self.path, data_dir / "anibridge_jobs.db"))
+
+
+@pytest.fixture(scope="module")
+def legacy_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LegacyFile]:
+    """One filled legacy file per variant, made once; tests work on copies."""
+    templates = {}
+    for variant in (MULTI_SITE, SINGLE_SITE):
+        path = tmp_path_factory.mktemp(variant) / "anibridge_jobs.db"
+        create_legacy_sqlite(path, variant, LEGACY_ROWS)
+        templates[variant] = LegacyFile(path, dump_sqlite_rows(path))
+    return templates
+
+
+def sqlite_schema(path: Path) -> dict[str, TableShape]:
+    engine = sqlite_file_engine(path)
+    try:
+        with engine.connect() as connection:
+            return describe_schema(connection)
+    finally:
+        engine.dispose()
+
+
+def sqlite_indexes(path: Path, table: str) -> set[str]:
+    connection = sqlite3.connect(path)
+    try:
+        return {row[1] for row in connection.execute(f"PRAGMA index_list({table})")}
+    finally:
+        connection.close()
+
+
+def test_legacy_rows_hold_the_variety_found_in_released_databases() -> None:
+    """Guards the fixture itself: the adoption tests are only as strong as these rows."""
+    rows = legacy_rows(MULTI_SITE, 300)
+    jobs, tasks = rows["job"], rows["clienttask"]
+    availability = rows["episodeavailability"]
+    assert {job["status"] for job in jobs} == set(JOB_STATUSES)
+    assert {task["state"] for task in tasks} == set(TASK_STATES)
+    assert {row["site"] for row in availability} == set(SITES)
+    assert {row["language"] for row in availability} == set(LANGUAGES)
+    assert max(job["downloaded_bytes"] for job in jobs) > 2**32
+    assert any("T" in job["created_at"] and "+" in job["created_at"] for job in jobs)
+    assert any(" " in job["created_at"] and "+" not in job["created_at"] for job in jobs)
+    assert any(row["extra"] is None for row in availability)
+    assert any("日本語" in (row["extra"] or "") for row in availability)
+    assert any("ö" in task["name"] or "の" in task["name"] for task in tasks)
+    for table, table_rows in rows.items():
+        holding_null = {
+            column for row in table_rows for column, value in row.items() if value is None
+        }
+        assert holding_null == nullable_columns(MULTI_SITE)[table]
+
+
+def nullable_columns(variant: str) -> dict[str, set[str]]:
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.executescript(legacy_sql(variant))
+        return {
+            table: {
+                name
+                for _cid, name, _type, not_null, _default, in_key in connection.execute(
+                    f"PRAGMA table_info({table})"
+                )
+                if not not_null and not in_key
+            }
+            for table in LEGACY_TABLES
+        }
+    finally:
+        connection.close()
+
+
+def test_multi_site_database_is_stamped_and_upgraded_with_every_row_unchanged(
+    tmp_path: Path,
+    upgrade: Upgrader,
+    head_shape: dict[str, TableShape],
+    legacy_templates: dict[str, LegacyFile],
+) -> None:
+    legacy = legacy_templates[MULTI_SITE]
+    database = legacy.copy_into(tmp_path)
+    before = legacy.rows
+
+    log = upgrade(tmp_path)
+
+    assert ADOPTED_LOG in log and UPGRADED_LOG in log
+    assert sqlite_revision(database) == HEAD
+    assert dump_sqlite_rows(database, LEGACY_TABLES) == before
+    assert {table: len(rows) for table, rows in before.items()} == dict.fromkeys(
+        LEGACY_TABLES, LEGACY_ROWS
+    )
+    assert sqlite_schema(database) == head_shape
+
+
+def test_single_site_database_gains_its_site_on_every_row(
+    tmp_path: Path,
+    upgrade: Upgrader,
+    head_shape: dict[str, TableShape],
+    legacy_templates: dict[str, LegacyFile],
+) -> None:
+    legacy = legacy_templates[SINGLE_SITE]
+    database = legacy.copy_into(tmp_path)
+    before = legacy.rows
+
+    log = upgrade(tmp_path)
+
+    assert ADOPTED_LOG in log and UPGRADED_LOG in log
+    assert sqlite_revision(database) == HEAD
+    assert dump_sqlite_rows(database, LEGACY_TABLES) == with_legacy_site(before)
+    shape = sqlite_schema(database)
+    assert shape["episodeavailability"].primary_key == {
+        "slug",
+        "season",
+        "episode",
+        "language",
+        "site",
+    }
+    assert "ix_episodeavailability_checked_at" in sqlite_indexes(database, "episodeavailability")
+    assert shape == head_shape
+
+
+UNKNOWN_SCHEMAS = {
+    "extra column": ("ALTER TABLE job ADD COLUMN priority INTEGER", "job: unexpected column"),
+    "missing index": ("DROP INDEX ix_job_status", "job: index (('status',), False) is missing"),
+    "unrelated table": ("CREATE TABLE foo (id INTEGER PRIMARY KEY)", "unexpected table foo"),
+}
+
+
+def create_unknown_schema(database: Path, change: str) -> None:
+    create_legacy_sqlite(database, MULTI_SITE, 50)
+    connection = sqlite3.connect(database)
+    try:
+        connection.execute(change)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("case", sorted(UNKNOWN_SCHEMAS))
+def test_unknown_schema_is_refused_in_process_and_left_untouched(tmp_path: Path, case: str) -> None:
+    change, difference = UNKNOWN_SCHEMAS[case]
+    database = tmp_path / "anibridge_jobs.db"
+    create_unknown_schema(database, change)
+    checksum = sha256_of(database)
+
+    with pytest.raises(UnknownSchemaError, match="nothing was changed") as refusal:
+        upgrade_database(settings_for(sqlite_url(tmp_path), tmp_path))
+
+    assert difference in str(refusal.value)
+    assert sha256_of(database) == checksum
+    assert "alembic_version" not in sqlite_table_names(database)
+
+
+def test_unknown_schema_is_refused_by_the_command_line_in_one_line(tmp_path: Path) -> None:
+    change, difference = UNKNOWN_SCHEMAS["unrelated table"]
+    database = tmp_path / "anibridge_jobs.db"
+    create_unknown_schema(database, change)
+    checksum = sha256_of(database)
+
+    line = failure_line(alembic_upgrade_head(command_environment(tmp_path)), "FAILED:")
+
+    assert difference in line and "no migration history" in line
+    assert sha256_of(database) == checksum
+    assert "alembic_version" not in sqlite_table_names(database)
+
+
+def test_empty_alembic_version_table_counts_as_unversioned(tmp_path: Path) -> None:
+    database = tmp_path / "anibridge_jobs.db"
+    create_legacy_sqlite(database, MULTI_SITE, 100)
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+    connection.commit()
+    connection.close()
+    before = dump_sqlite_rows(database, LEGACY_TABLES)
+
+    upgrade_database(settings_for(sqlite_url(tmp_path), tmp_path))
+
+    assert sqlite_revision(database) == HEAD
+    assert dump_sqlite_rows(database, LEGACY_TABLES) == before
+
+
+def test_failure_midway_through_single_site_conversion_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy_templates: dict[str, LegacyFile]
+) -> None:
+    """The conversion runs in the upgrade's one transaction: a crash halfway rolls all back."""
+    database = legacy_templates[SINGLE_SITE].copy_into(tmp_path)
+    checksum = sha256_of(database)
+
+    def crash_after_renaming(connection: sa.Connection) -> None:
+        connection.exec_driver_sql(
+            "ALTER TABLE episodeavailability RENAME TO _episodeavailability_old"
+        )
+        raise RuntimeError("simulated crash during the conversion")
+
+    monkeypatch.setattr(
+        app.db.adoption, "_rebuild_episode_availability_with_site", crash_after_renaming
+    )
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        upgrade_database(settings_for(sqlite_url(tmp_path), tmp_path))
+
+    assert sha256_of(database) == checksum
+    assert sqlite_table_names(database) == set(LEGACY_TABLES)
+
+
+@dataclass(frozen=True)
+class PostgresState:
+    tables: frozenset[str]
+    revisions: tuple[str, ...]
+    rows: dict[str, list[tuple]]
+
+
+def postgres_state(url: URL) -> PostgresState:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            tables = frozenset(sa.inspect(connection).get_table_names())
+            return PostgresState(
+                tables,
+                current_heads(connection),
+                dump_rows(connection, LEGACY_TABLES),
+            )
+    finally:
+        engine.dispose()
+
+
+def test_postgres_database_made_by_create_all_is_adopted_with_rows_kept(
+    postgres_url: URL, tmp_path: Path
+) -> None:
+    engine = make_engine(postgres_url)
+    with engine.begin() as connection:
+        create_legacy_postgres(connection, 300)
+    engine.dispose()
+    before = postgres_state(postgres_url)
+
+    upgrade_database(settings_for(postgres_url, tmp_path))
+
+    after = postgres_state(postgres_url)
+    assert after.rows == before.rows
+    assert after.revisions == (HEAD,)
+    assert "strm_url_mapping" in after.tables
+
+
+def test_unknown_postgres_schema_is_refused_with_nothing_changed(
+    postgres_url: URL, tmp_path: Path
+) -> None:
+    engine = make_engine(postgres_url)
+    with engine.begin() as connection:
+        create_legacy_postgres(connection, 50)
+        connection.exec_driver_sql("CREATE TABLE foo (id INTEGER PRIMARY KEY)")
+    engine.dispose()
+    before = postgres_state(postgres_url)
+
+    with pytest.raises(UnknownSchemaError, match="unexpected table foo"):
+        upgrade_database(settings_for(postgres_url, tmp_path))
+
+    after = postgres_state(postgres_url)
+    assert after == before
+    assert "alembic_version" not in after.tables

@@ -1,0 +1,202 @@
+"""`alembic revision --autogenerate` as a developer runs it, on SQLite and PostgreSQL.
+
+Each test copies the project into a temporary directory and runs the alembic
+CLI there in a subprocess, with PYTHONPATH pointing at the copy, so editing the
+copy's models and writing revisions never touches the repository.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from app.db.upgrade import PROJECT_ROOT, script_directory
+from tests.test_revision_files import RUFF, imported_top_level_modules
+
+HEAD = script_directory().get_current_head()
+COPIED_DIRS = ("app", "migrations")
+COPIED_FILES = ("alembic.ini", "pyproject.toml")
+JOB_IDS = ("job-a", "job-b", "job-c")
+JOB_MESSAGE_BEFORE = "    message: str | None = None\n"
+JOB_FIELDS_AFTER = (
+    "    message: str | None = Field(default=None, index=True)\n"
+    "    note: str | None = None\n"
+    "    priority: int = Field(default=0)\n"
+)
+FILL_THEN_DROP = re.compile(
+    r'add_column\(\s*sa\.Column\("priority", sa\.Integer\(\), server_default="0", '
+    r"nullable=False\)\s*\).*alter_column\(\s*\"priority\".*server_default=None",
+    re.DOTALL,
+)
+
+
+class Project:
+    """A copy of the project, and the alembic CLI run inside it against one database."""
+
+    def __init__(self, root: Path, url: URL, data_dir: Path) -> None:
+        self.root = root
+        self.url = url
+        self.data_dir = data_dir
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "migrations" / "versions"
+
+    def revision_files(self) -> set[Path]:
+        return set(self.versions_dir.glob("*.py"))
+
+    def alembic(self, *args: str) -> subprocess.CompletedProcess:
+        environ = {
+            **os.environ,
+            "DATA_DIR": str(self.data_dir),
+            "DATABASE_URL": self.url.render_as_string(hide_password=False),
+            "PYTHONPATH": str(self.root),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "alembic", *args],
+            cwd=self.root,
+            env=environ,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def alembic_ok(self, *args: str) -> subprocess.CompletedProcess:
+        result = self.alembic(*args)
+        assert result.returncode == 0, f"alembic {' '.join(args)}:\n{result.stderr}"
+        return result
+
+
+def copy_project(destination: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in COPIED_DIRS:
+        shutil.copytree(PROJECT_ROOT / name, destination / name, ignore=ignore)
+    for name in COPIED_FILES:
+        shutil.copy2(PROJECT_ROOT / name, destination / name)
+    return destination
+
+
+@pytest.fixture
+def project(database_url: URL, tmp_path: Path) -> Iterator[Project]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    yield Project(copy_project(tmp_path / "project"), database_url, data_dir)
+
+
+def add_job_fields(project: Project) -> None:
+    """The model change under test: a nullable column, a NOT NULL one with a default, an index."""
+    models = project.root / "app" / "db" / "models.py"
+    source = models.read_text(encoding="utf-8")
+    assert source.count(JOB_MESSAGE_BEFORE) == 1
+    models.write_text(source.replace(JOB_MESSAGE_BEFORE, JOB_FIELDS_AFTER), encoding="utf-8")
+
+
+def insert_jobs(url: URL) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        for job_id in JOB_IDS:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO job (id, status, progress, downloaded_bytes, created_at, "
+                    "updated_at) VALUES (:id, 'queued', 0, 0, :now, :now)"
+                ),
+                {"id": job_id, "now": "2024-05-01 12:30:00"},
+            )
+    engine.dispose()
+
+
+def job_rows(url: URL, columns: str) -> list[tuple]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text(f"SELECT {columns} FROM job ORDER BY id")).all()
+    engine.dispose()
+    return [tuple(row) for row in rows]
+
+
+def ruff_problems(path: Path, *args: str) -> str:
+    """Ruff's complaints about `path`, with the copy's pyproject.toml as configuration."""
+    result = subprocess.run(
+        [str(RUFF), *args, str(path)], cwd=path.parents[2], capture_output=True, text=True
+    )
+    return "" if result.returncode == 0 else result.stdout + result.stderr
+
+
+def test_unchanged_models_write_no_revision(project: Project) -> None:
+    project.alembic_ok("upgrade", "head")
+    before = project.revision_files()
+
+    project.alembic_ok("revision", "--autogenerate", "-m", "nothing")
+
+    assert project.revision_files() == before
+    project.alembic_ok("check")
+
+
+def test_model_change_generates_a_clean_revision_that_keeps_rows(project: Project) -> None:
+    repository_files = set((PROJECT_ROOT / "migrations" / "versions").glob("*.py"))
+    project.alembic_ok("upgrade", "head")
+    insert_jobs(project.url)
+    add_job_fields(project)
+    assert project.alembic("check").returncode != 0, "the model change must show as drift"
+    before = project.revision_files()
+
+    project.alembic_ok("revision", "--autogenerate", "-m", "job priority")
+
+    [revision] = project.revision_files() - before
+    assert revision.name.endswith("_job_priority.py")
+    assert set((PROJECT_ROOT / "migrations" / "versions").glob("*.py")) == repository_files
+    text = revision.read_text(encoding="utf-8")
+    assert "sqlmodel" not in text
+    assert "sqlmodel" not in imported_top_level_modules(revision)
+    assert ruff_problems(revision, "check") == ""
+    assert ruff_problems(revision, "format", "--check") == ""
+    assert FILL_THEN_DROP.search(text), text
+
+    project.alembic_ok("upgrade", "head")
+    assert job_rows(project.url, "id, priority, note") == [(i, 0, None) for i in JOB_IDS]
+    project.alembic_ok("check")
+
+    project.alembic_ok("downgrade", "-1")
+    assert job_rows(project.url, "id") == [(i,) for i in JOB_IDS]
+    project.alembic_ok("upgrade", "head")
+
+
+def test_hand_written_revision_keeps_its_imports(tmp_path: Path) -> None:
+    """`alembic revision -m` (no autogenerate) is how data migrations start: it needs `op`, `sa`.
+
+    The ruff post-write hook must not strip them as unused from the empty template.
+    """
+    data_dir = tmp_path / "data"
+    url = URL.create("sqlite", database=str(data_dir / "anibridge_jobs.db"))
+    project = Project(copy_project(tmp_path / "project"), url, data_dir)
+    before = project.revision_files()
+
+    project.alembic_ok("revision", "-m", "backfill")
+
+    [revision] = project.revision_files() - before
+    assert {"alembic", "sqlalchemy"} <= imported_top_level_modules(revision), (
+        "the post-write hook removed the template's imports; give ruff_check in alembic.ini "
+        "`--ignore F401`"
+    )
+
+
+def test_offline_upgrade_prints_the_postgresql_script(tmp_path: Path) -> None:
+    """`--sql` needs no server: the URL names an unreachable one on purpose."""
+    unreachable = URL.create(
+        "postgresql+psycopg", username="nobody", host="127.0.0.1", port=1, database="none"
+    )
+    project = Project(copy_project(tmp_path / "project"), unreachable, tmp_path / "data")
+
+    script = project.alembic_ok("upgrade", "head", "--sql").stdout
+
+    assert script.startswith("BEGIN;")
+    assert script.rstrip().endswith("COMMIT;")
+    assert re.search(r"CREATE TABLE job \(.*downloaded_bytes BIGINT", script, re.DOTALL)
+    assert "CREATE TABLE strm_url_mapping (" in script
+    assert f"UPDATE alembic_version SET version_num='{HEAD}'" in script

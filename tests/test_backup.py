@@ -1,0 +1,264 @@
+"""The SQLite snapshot taken before pending revisions run, its pruning, and its restore."""
+
+import re
+import shutil
+import sqlite3
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy.engine import URL
+
+import app.db.backup
+from app.config import Settings
+from app.db.backup import restore_backup
+from app.db.connect import connect_for_migrations
+from app.db.errors import BackupError
+from app.db.upgrade import alembic_config, upgrade_database
+from tests.conftest import settings_for
+from tests.legacy_data import (
+    BASELINE,
+    HEAD,
+    MULTI_SITE,
+    anibridge,
+    command_environment,
+    dump_sqlite_rows,
+    failure_line,
+    insert_rows,
+    legacy_rows,
+    sha256_of,
+    sqlite_revision,
+    sqlite_table_names,
+)
+
+ROWS = 40
+BACKUP_NAME = re.compile(rf"anibridge_jobs-{BASELINE}-(\d{{8}}T\d{{12}})Z\.db")
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "anibridge_jobs.db"
+
+
+def settings_with(database: Path, **environ: str) -> Settings:
+    return settings_for(URL.create("sqlite", database=str(database)), database.parent, **environ)
+
+
+def backups(database: Path) -> list[Path]:
+    folder = database.parent / "backups"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def add_rows(database: Path, batch: int = 0) -> None:
+    connection = sqlite3.connect(database)
+    try:
+        insert_rows(connection, legacy_rows(MULTI_SITE, ROWS, seed=batch, first=batch * ROWS))
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def baseline_with_rows(database: Path, **environ: str) -> Settings:
+    """A database at the baseline revision holding ROWS rows per table: head is pending."""
+    settings = settings_with(database, **environ)
+    upgrade_database(settings, BASELINE)
+    add_rows(database)
+    return settings
+
+
+def downgrade_to_baseline(settings: Settings) -> None:
+    with connect_for_migrations(settings) as connection:
+        command.downgrade(alembic_config(connection, settings), BASELINE)
+
+
+def test_pending_revisions_are_preceded_by_a_private_backup_at_the_old_revision(
+    database: Path,
+) -> None:
+    settings = baseline_with_rows(database)
+    rows = dump_sqlite_rows(database)
+    started = datetime.now(UTC)
+
+    upgrade_database(settings)
+
+    (backup,) = backups(database)
+    stamp = BACKUP_NAME.fullmatch(backup.name).group(1)
+    taken = datetime.strptime(stamp, "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    assert started <= taken <= datetime.now(UTC)
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert sqlite_revision(backup) == BASELINE
+    assert dump_sqlite_rows(backup) == rows
+    assert sqlite_revision(database) == HEAD
+
+
+def test_no_backup_when_already_at_head(database: Path) -> None:
+    settings = baseline_with_rows(database)
+    upgrade_database(settings)
+    taken = backups(database)
+
+    upgrade_database(settings)
+
+    assert backups(database) == taken
+
+
+@pytest.mark.parametrize("start", ["no file", "empty file"])
+def test_no_backup_of_a_new_database(database: Path, start: str) -> None:
+    if start == "empty file":
+        database.touch()
+
+    upgrade_database(settings_with(database))
+
+    assert sqlite_revision(database) == HEAD
+    assert backups(database) == []
+
+
+def test_only_the_newest_backups_are_kept(database: Path) -> None:
+    settings = baseline_with_rows(database, DB_BACKUP_KEEP="2")
+    made = []
+    for _ in range(3):
+        known = set(backups(database))
+        upgrade_database(settings)
+        (new,) = set(backups(database)) - known
+        made.append(new)
+        downgrade_to_baseline(settings)
+
+    assert backups(database) == made[-2:]
+
+
+def test_backup_keep_zero_takes_no_backup(database: Path) -> None:
+    settings = baseline_with_rows(database, DB_BACKUP_KEEP="0")
+
+    upgrade_database(settings)
+
+    assert sqlite_revision(database) == HEAD
+    assert backups(database) == []
+
+
+def test_backup_of_a_wal_database_holds_the_rows_still_in_the_wal(database: Path) -> None:
+    settings = baseline_with_rows(database)
+    keeper = sqlite3.connect(database)
+    try:
+        keeper.execute("PRAGMA journal_mode = WAL")
+        keeper.execute("PRAGMA wal_autocheckpoint = 0")
+        insert_rows(keeper, legacy_rows(MULTI_SITE, 5, seed=1, first=ROWS))
+        keeper.commit()
+        assert Path(f"{database}-wal").stat().st_size > 0
+        rows = dump_sqlite_rows(database)
+        without_wal = database.with_name("main-file-only.db")
+        shutil.copyfile(database, without_wal)
+        assert dump_sqlite_rows(without_wal) != rows
+
+        upgrade_database(settings)
+    finally:
+        keeper.close()
+
+    (backup,) = backups(database)
+    assert dump_sqlite_rows(backup) == rows
+
+
+def test_too_little_free_space_stops_the_upgrade_before_any_change(
+    database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = baseline_with_rows(database)
+    checksum = sha256_of(database)
+    monkeypatch.setattr(
+        app.db.backup.shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(10**9, 10**9, 0)
+    )
+
+    with pytest.raises(BackupError, match="not enough free space") as refusal:
+        upgrade_database(settings)
+
+    assert "DB_BACKUP_KEEP=0" in str(refusal.value) and "\n" not in str(refusal.value)
+    assert sha256_of(database) == checksum
+    assert sqlite_revision(database) == BASELINE
+
+
+def test_leftover_partial_backup_is_removed_by_the_next_backup(database: Path) -> None:
+    settings = baseline_with_rows(database)
+    leftover = (
+        database.parent / "backups" / f"anibridge_jobs-{BASELINE}-20240101T000000Z.db.partial"
+    )
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"half a backup")
+
+    upgrade_database(settings)
+
+    (backup,) = backups(database)
+    assert BACKUP_NAME.fullmatch(backup.name)
+
+
+@pytest.fixture
+def upgraded_with_backup(database: Path) -> Path:
+    """A database upgraded to head (backup taken at the baseline) that then gained rows."""
+    settings = baseline_with_rows(database)
+    upgrade_database(settings)
+    add_rows(database, batch=1)
+    (backup,) = backups(database)
+    return backup
+
+
+def test_restore_puts_the_backup_back_and_keeps_the_replaced_file(
+    database: Path, upgraded_with_backup: Path
+) -> None:
+    replaced = sha256_of(database)
+    for companion in ("-wal", "-shm"):
+        Path(f"{database}{companion}").write_bytes(b"stale")
+
+    aside = restore_backup(upgraded_with_backup, database)
+
+    assert aside == database.with_name("anibridge_jobs.db.before-restore")
+    assert sha256_of(aside) == replaced
+    assert_restored(database, upgraded_with_backup)
+
+
+def assert_restored(database: Path, backup: Path) -> None:
+    assert sqlite_revision(database) == BASELINE
+    assert "strm_url_mapping" not in sqlite_table_names(database)
+    assert dump_sqlite_rows(database) == dump_sqlite_rows(backup)
+    assert not Path(f"{database}-wal").exists() and not Path(f"{database}-shm").exists()
+
+
+def test_restore_command_puts_the_backup_back(database: Path, upgraded_with_backup: Path) -> None:
+    replaced = sha256_of(database)
+
+    result = anibridge(["restore", str(upgraded_with_backup)], command_environment(database.parent))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sha256_of(database.with_name("anibridge_jobs.db.before-restore")) == replaced
+    assert_restored(database, upgraded_with_backup)
+
+
+def corrupt(backup: Path, how: str) -> None:
+    if how == "random bytes":
+        backup.write_bytes(bytes(range(256)) * 64)
+    else:
+        backup.write_bytes(backup.read_bytes()[: 4096 + 100])
+
+
+@pytest.mark.parametrize("how", ["random bytes", "truncated"])
+def test_corrupt_backup_is_refused_and_nothing_is_replaced(
+    database: Path, upgraded_with_backup: Path, how: str
+) -> None:
+    corrupt(upgraded_with_backup, how)
+    checksum = sha256_of(database)
+
+    with pytest.raises(BackupError, match="not a readable SQLite backup|integrity check"):
+        restore_backup(upgraded_with_backup, database)
+
+    assert sha256_of(database) == checksum
+    assert not database.with_name("anibridge_jobs.db.before-restore").exists()
+
+
+def test_restore_command_refuses_a_corrupt_backup_in_one_line(
+    database: Path, upgraded_with_backup: Path
+) -> None:
+    corrupt(upgraded_with_backup, "random bytes")
+    checksum = sha256_of(database)
+
+    result = anibridge(["restore", str(upgraded_with_backup)], command_environment(database.parent))
+
+    line = failure_line(result, "anibridge: error:")
+    assert str(upgraded_with_backup) in line and "not a readable SQLite backup" in line
+    assert sha256_of(database) == checksum
+    assert not database.with_name("anibridge_jobs.db.before-restore").exists()

@@ -1,0 +1,96 @@
+"""Static checks on migrations/versions: names, order, imports, lint, docstrings, downgrades.
+
+Fast and database-free. `imported_top_level_modules` is shared with
+test_autogenerate.py, which applies it to freshly generated revisions.
+"""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.script import Script
+
+from app.db.upgrade import PROJECT_ROOT, script_directory
+
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+VERSIONS_DIR = MIGRATIONS_DIR / "versions"
+RUFF = Path(sys.executable).with_name("ruff")
+FILE_NAME = re.compile(r"^\d{4}_\d{2}_\d{2}_\d{4}-(?P<revision>[0-9a-f]{12})_[a-z0-9_]+\.py$")
+FORBIDDEN_IMPORTS = {"app", "sqlmodel"}
+REVISION_FILES = sorted(VERSIONS_DIR.glob("*.py"))
+
+
+def revision_chain() -> list[Script]:
+    """The revisions from base to head, following `down_revision` links."""
+    return list(reversed(list(script_directory().walk_revisions())))
+
+
+def imported_top_level_modules(path: Path) -> set[str]:
+    """The top-level package of every `import` and `from ... import` in the file."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+def function_body(tree: ast.Module, name: str) -> list[ast.stmt]:
+    """The statements of a module-level function, without its docstring."""
+    function = next(
+        node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name
+    )
+    body = function.body
+    if ast.get_docstring(function) is not None:
+        body = body[1:]
+    return body
+
+
+def run_ruff(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(RUFF), *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def test_sorted_file_names_follow_the_revision_chain() -> None:
+    chain = [Path(script.path).name for script in revision_chain()]
+    assert [path.name for path in REVISION_FILES] == chain
+
+
+def test_single_head() -> None:
+    assert len(script_directory().get_heads()) == 1
+
+
+@pytest.mark.parametrize("path", REVISION_FILES, ids=lambda path: path.name)
+def test_file_name_is_dated_and_names_its_revision(path: Path) -> None:
+    match = FILE_NAME.match(path.name)
+    assert match, f"{path.name} does not match YYYY_MM_DD_HHMM-<rev>_<slug>.py"
+    assert script_directory().get_revision(match["revision"]).path == str(path)
+
+
+@pytest.mark.parametrize("path", REVISION_FILES, ids=lambda path: path.name)
+def test_revision_does_not_import_the_app_or_sqlmodel(path: Path) -> None:
+    assert not imported_top_level_modules(path) & FORBIDDEN_IMPORTS
+
+
+@pytest.mark.parametrize("path", REVISION_FILES, ids=lambda path: path.name)
+def test_revision_has_a_docstring_and_a_real_downgrade(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstring = ast.get_docstring(tree) or ""
+    assert docstring.splitlines() and docstring.splitlines()[0].strip()
+    downgrade = function_body(tree, "downgrade")
+    assert downgrade and not all(isinstance(statement, ast.Pass) for statement in downgrade)
+
+
+def test_migrations_pass_ruff_check() -> None:
+    result = run_ruff("check", "migrations")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_migrations_pass_ruff_format_check() -> None:
+    result = run_ruff("format", "--check", "migrations")
+    assert result.returncode == 0, result.stdout + result.stderr
