@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# AniBridge container start-up.
+#
+# As root: make appuser:appgroup carry PUID:PGID, create and own the data
+# folders, upgrade the database schema as that user, then run the command as
+# that user. Started with --user (not root): only the upgrade and the command.
+# Nothing is ever deleted. A failed upgrade stops the container with the
+# upgrade's exit status, and the command is not run.
+set -euo pipefail
+
+readonly APP_USER="${APP_USER:-appuser}"
+readonly APP_GROUP="${APP_GROUP:-appgroup}"
+readonly APP_DIR="${APP_DIR:-/app}"
+readonly ANIBRIDGE_PYTHON="${ANIBRIDGE_PYTHON:-python}"
+readonly DATABASE_FILE_NAME="anibridge_jobs.db"
+readonly MAX_ID=4294967294
+export DATA_DIR="${DATA_DIR:-/data}"
+export DOWNLOAD_DIR="${DOWNLOAD_DIR:-${DATA_DIR}/downloads/anime}"
+QBIT_PUBLIC_SAVE_PATH="${QBIT_PUBLIC_SAVE_PATH:-}"
+PUID="${PUID:-1000}"
+PGID="${PGID:-1000}"
+
+log() {
+    printf '[entrypoint] %s\n' "$*" >&2
+}
+
+die() {
+    local status="$1"
+    shift
+    printf '[entrypoint] error: %s\n' "$*" >&2
+    exit "$status"
+}
+
+# Prints "true" or "false" for a boolean variable; exits 2 on anything else.
+parse_bool() {
+    local name="$1" raw="$2"
+    case "${raw,,}" in
+        true | 1 | yes | on) echo true ;;
+        false | 0 | no | off) echo false ;;
+        *) die 2 "${name}='${raw}' is not a boolean: use true or false" ;;
+    esac
+}
+
+# Prints the id without leading zeros; exits 2 unless it is a whole number in range.
+parse_id() {
+    local name="$1" raw="$2"
+    if [[ ! "$raw" =~ ^[0-9]{1,10}$ ]] || ((10#$raw > MAX_ID)); then
+        die 2 "${name}='${raw}' is not valid: use a numeric id from 0 to ${MAX_ID}"
+    fi
+    echo "$((10#$raw))"
+}
+
+# Name of the group or user (database "group" or "passwd") holding a numeric id, if any.
+name_holding_id() {
+    local database="$1" id="$2"
+    getent "$database" "$id" | cut -d: -f1 || true
+}
+
+ensure_app_group() {
+    local holder
+    holder="$(name_holding_id group "$PGID")"
+    if [[ -n "$holder" && "$holder" != "$APP_GROUP" ]]; then
+        log "gid ${PGID} already belongs to group '${holder}'; ${APP_GROUP} shares it"
+    fi
+    if ! getent group "$APP_GROUP" >/dev/null; then
+        log "creating group ${APP_GROUP} with gid ${PGID}"
+        groupadd --non-unique --gid "$PGID" "$APP_GROUP"
+    elif [[ "$(getent group "$APP_GROUP" | cut -d: -f3)" != "$PGID" ]]; then
+        log "changing the gid of group ${APP_GROUP} to ${PGID}"
+        groupmod --non-unique --gid "$PGID" "$APP_GROUP"
+    fi
+}
+
+# The user has no home directory: usermod would otherwise re-own files in it.
+ensure_app_user() {
+    local holder
+    holder="$(name_holding_id passwd "$PUID")"
+    if [[ -n "$holder" && "$holder" != "$APP_USER" ]]; then
+        log "uid ${PUID} already belongs to user '${holder}'; ${APP_USER} shares it"
+    fi
+    if ! getent passwd "$APP_USER" >/dev/null; then
+        log "creating user ${APP_USER} with uid ${PUID}"
+        useradd --non-unique --uid "$PUID" --gid "$APP_GROUP" --no-create-home \
+            --home-dir /nonexistent --shell /usr/sbin/nologin "$APP_USER"
+    elif [[ "$(id -u "$APP_USER")" != "$PUID" || "$(id -g "$APP_USER")" != "$PGID" ]]; then
+        log "changing user ${APP_USER} to uid ${PUID}, gid ${PGID}"
+        usermod --non-unique --uid "$PUID" --gid "$APP_GROUP" "$APP_USER"
+    fi
+}
+
+# Without CHOWN_RECURSIVE only the folder itself and the database's files change owner,
+# so a changed PUID never leaves the database unwritable.
+own_data_dir() {
+    local recursive="$1"
+    if [[ "$recursive" == true ]]; then
+        log "giving ${DATA_DIR} (recursively) and ${APP_DIR} to ${PUID}:${PGID}"
+        chown -R "${PUID}:${PGID}" "$DATA_DIR" "$APP_DIR"
+        return
+    fi
+    log "giving ${DATA_DIR}, its database files and ${APP_DIR} to ${PUID}:${PGID}"
+    chown "${PUID}:${PGID}" "$DATA_DIR" "$APP_DIR"
+    find "$DATA_DIR" -maxdepth 1 -name "${DATABASE_FILE_NAME}*" \
+        -exec chown "${PUID}:${PGID}" {} +
+    if [[ -d "${DATA_DIR}/backups" ]]; then
+        chown -R "${PUID}:${PGID}" "${DATA_DIR}/backups"
+    fi
+}
+
+ensure_owned_dir() {
+    local folder="$1"
+    mkdir -p "$folder"
+    chown "${PUID}:${PGID}" "$folder"
+}
+
+prepare_as_root() {
+    local recursive
+    recursive="$(parse_bool CHOWN_RECURSIVE "${CHOWN_RECURSIVE:-true}")"
+    PUID="$(parse_id PUID "$PUID")"
+    PGID="$(parse_id PGID "$PGID")"
+    ensure_app_group
+    ensure_app_user
+    mkdir -p "$DATA_DIR"
+    own_data_dir "$recursive"
+    ensure_owned_dir "$DOWNLOAD_DIR"
+    if [[ -n "$QBIT_PUBLIC_SAVE_PATH" ]]; then
+        ensure_owned_dir "$QBIT_PUBLIC_SAVE_PATH"
+    fi
+}
+
+# Runs a command as the app user: through gosu as root, directly otherwise.
+as_app_user() {
+    if ((EUID == 0)); then
+        gosu "${APP_USER}:${APP_GROUP}" "$@"
+    else
+        "$@"
+    fi
+}
+
+# `anibridge restore FILE` replaces the database: upgrading the one it replaces first
+# is pointless, and fails for a database left by a newer release, the case restoring fixes.
+is_restore() {
+    [[ "$(basename -- "$1")" == anibridge && "${2:-}" == restore ]]
+}
+
+migrate_database() {
+    local enabled status=0
+    enabled="$(parse_bool DB_MIGRATE_ON_STARTUP "${DB_MIGRATE_ON_STARTUP:-true}")"
+    if [[ "$enabled" == false ]]; then
+        log "DB_MIGRATE_ON_STARTUP=${DB_MIGRATE_ON_STARTUP}: not upgrading the database"
+        return
+    fi
+    if is_restore "$@"; then
+        log "restoring a backup: not upgrading the database first"
+        return
+    fi
+    log "upgrading the database schema (python -m app.migrate)"
+    (cd "$APP_DIR" && as_app_user "$ANIBRIDGE_PYTHON" -m app.migrate) || status=$?
+    if ((status != 0)); then
+        die "$status" "the database upgrade failed (exit ${status}); the service was not started"
+    fi
+}
+
+main() {
+    if (($# == 0)); then
+        die 2 "no command given (the image's default is: anibridge)"
+    fi
+    if ((EUID == 0)); then
+        prepare_as_root
+    else
+        log "running as uid ${EUID}, not root: skipping user and ownership setup"
+        mkdir -p "$DATA_DIR"
+    fi
+    migrate_database "$@"
+    log "starting: $*"
+    if ((EUID == 0)); then
+        exec gosu "${APP_USER}:${APP_GROUP}" "$@"
+    fi
+    exec "$@"
+}
+
+main "$@"
