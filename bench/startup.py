@@ -1,0 +1,56 @@
+"""1. Start-up at head: the migration step of a container start when nothing is pending."""
+
+from bench.common import (
+    ALEMBIC,
+    PYTHON,
+    Report,
+    child_env,
+    measure_interleaved,
+    python_code,
+    ratio,
+    run_timed,
+    scratch_dir,
+)
+
+FLOOR_CODE = (
+    "import sqlite3, sys\n"
+    "connection = sqlite3.connect(sys.argv[1])\n"
+    "connection.execute('SELECT version_num FROM alembic_version').fetchall()\n"
+)
+FULL_PATH_CODE = (
+    "import sys\nfrom app.migrate import upgrade_to_head\nsys.exit(upgrade_to_head())\n"
+)
+TARGET_RATIO = 2.0
+
+
+def run(quick: bool, runs: int) -> Report:
+    report = Report("1. Start-up at head (SQLite, nothing pending)")
+    with scratch_dir("startup") as data_dir:
+        env = child_env(DATA_DIR=str(data_dir))
+        database = data_dir / "anibridge_jobs.db"
+        run_timed([PYTHON, "-m", "app.migrate"], env)
+        figures = measure_interleaved(
+            runs,
+            {
+                "floor: python -c + sqlite3 read": lambda: run_timed(
+                    [*python_code(FLOOR_CODE), str(database)], env
+                ),
+                "python -m app.migrate (fast check)": lambda: run_timed(
+                    [PYTHON, "-m", "app.migrate"], env
+                ),
+                "full upgrade path (what the check skips)": lambda: run_timed(
+                    python_code(FULL_PATH_CODE), env
+                ),
+                "alembic upgrade head": lambda: run_timed([ALEMBIC, "upgrade", "head"], env),
+            },
+        )
+    floor, fast, full, alembic = figures.values()
+    for figure in figures.values():
+        report.add(figure, floor)
+    report.lines.append(f"  fast check is {ratio(alembic, fast):.1f}x faster than alembic")
+    report.check(
+        f"app.migrate <= {TARGET_RATIO}x floor",
+        ratio(fast, floor) <= TARGET_RATIO,
+        f"{ratio(fast, floor):.2f}x ({fast.seconds * 1e3:.0f} ms vs {floor.seconds * 1e3:.0f} ms)",
+    )
+    return report
