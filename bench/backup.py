@@ -59,7 +59,7 @@ def backup(database: Path, backups_dir: Path) -> Sample:
 
 
 def run(quick: bool, runs: int) -> Report:
-    report = Report("4. Backup before an upgrade (SQLite online backup API)")
+    report = Report("4. Backup before an upgrade (app.db.backup.backup_database)")
     database = cached_database(QUICK_SIZE_MIB if quick else FULL_SIZE_MIB)
     size_mb = database.stat().st_size / 1e6
     with scratch_dir("backup") as scratch:
@@ -69,7 +69,7 @@ def run(quick: bool, runs: int) -> Report:
             {
                 "floor: shutil.copyfile": lambda: copy_file(database, scratch / "copy"),
                 "shutil.copyfile + fsync": lambda: copy_file_synced(database, scratch / "copy"),
-                "backup_database (pages=-1)": lambda: backup(database, scratch / "backups"),
+                "backup_database": lambda: backup(database, scratch / "backups"),
             },
         )
     floor, _synced, backup_figure = figures.values()
