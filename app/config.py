@@ -19,6 +19,17 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
 POSTGRES_DRIVERS = ("postgresql", "postgresql+psycopg")
+SETTING_NAMES = (
+    "DATA_DIR",
+    "DATABASE_URL",
+    "DB_MIGRATE_ON_STARTUP",
+    "DB_BACKUP_KEEP",
+    "DB_MIGRATION_LOCK_TIMEOUT",
+    "DB_CONNECT_RETRIES",
+    "HOST",
+    "PORT",
+    "LOG_LEVEL",
+)
 URL_HINT = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 
 

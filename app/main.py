@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from app import migrate
 from app.api import router
 from app.config import ConfigError, Settings, get_settings
 from app.db import crud
@@ -76,9 +77,7 @@ def run(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s [%(name)s] %(message)s"
     )
-    if args.command == "migrate":
-        upgrade_database(settings)
-    elif args.command == "restore":
+    if args.command == "restore":
         if not settings.is_sqlite:
             raise ConfigError("DATABASE_URL: restore works on the SQLite database only")
         aside = restore_backup(args.backup, Path(settings.database_url.database))
@@ -89,6 +88,8 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "migrate":
+        return migrate.main()
     try:
         run(args)
     except (ConfigError, MigrationError) as exc:

@@ -14,21 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.config import SETTING_NAMES
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 PYTHON = sys.executable
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
-SETTINGS_VARIABLES = (
-    "DATA_DIR",
-    "DATABASE_URL",
-    "DB_MIGRATE_ON_STARTUP",
-    "DB_BACKUP_KEEP",
-    "DB_MIGRATION_LOCK_TIMEOUT",
-    "DB_CONNECT_RETRIES",
-    "HOST",
-    "PORT",
-    "LOG_LEVEL",
-)
 
 
 @dataclass(frozen=True)
@@ -68,7 +59,7 @@ class Verdict:
 
 def child_env(**settings: str) -> dict[str, str]:
     """The process environment without any app setting, plus `settings`."""
-    env = {key: value for key, value in os.environ.items() if key not in SETTINGS_VARIABLES}
+    env = {key: value for key, value in os.environ.items() if key not in SETTING_NAMES}
     env.update(settings)
     return env
 

@@ -14,28 +14,23 @@ from pathlib import Path
 import pytest
 
 from app import main as app_main
-from app.config import ConfigError, ensure_data_dir, get_settings, load_settings
+from app.config import (
+    SETTING_NAMES,
+    ConfigError,
+    ensure_data_dir,
+    get_settings,
+    load_settings,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANIBRIDGE = Path(sys.executable).parent / "anibridge"
 PASSWORD = "s3cret-Pa55"
-SETTINGS_VARIABLES = (
-    "DATA_DIR",
-    "DATABASE_URL",
-    "DB_MIGRATE_ON_STARTUP",
-    "DB_BACKUP_KEEP",
-    "DB_MIGRATION_LOCK_TIMEOUT",
-    "DB_CONNECT_RETRIES",
-    "HOST",
-    "PORT",
-    "LOG_LEVEL",
-)
 
 
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """No settings variable leaks in from the caller's shell; the settings cache starts empty."""
-    for name in SETTINGS_VARIABLES:
+    for name in SETTING_NAMES:
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield monkeypatch
@@ -233,7 +228,7 @@ def test_cli_reports_bad_setting_in_one_line(
 
 
 def run_anibridge(env_overrides: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env.update(env_overrides)
     return subprocess.run(
         [str(ANIBRIDGE), *args],
