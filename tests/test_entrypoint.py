@@ -122,17 +122,22 @@ def runs_as_app_user(gosu: str, python: str) -> bool:
 
 
 def venv_for_app_user(shared_root: Path) -> Path:
-    """A venv on the system's Python of this version that loads this venv's packages."""
+    """A venv on the system's Python of this version that loads a copy of this venv's packages.
+
+    The packages are copied into the shared folder: the test venv itself may sit
+    below a folder only root can enter (a fresh clone in a private temp dir).
+    """
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     system_python = shutil.which(version, path=SYSTEM_PATH)
     if system_python is None:
         pytest.fail(f"the test venv's Python is not reachable by uid {APP_UID} and no {version}")
     target = shared_root / "venv"
     subprocess.run([system_python, "-m", "venv", "--without-pip", str(target)], check=True)
+    packages = shared_root / "site-packages"
+    shutil.copytree(sysconfig.get_paths()["purelib"], packages, symlinks=True)
     site_packages = sysconfig.get_paths(vars={"base": str(target)})["purelib"]
-    venv_packages = sysconfig.get_paths()["purelib"]
     Path(site_packages, "project_venv.pth").write_text(
-        f"import site; site.addsitedir({venv_packages!r})\n"
+        f"import site; site.addsitedir({str(packages)!r})\n"
     )
     return target / "bin" / "python"
 
@@ -425,9 +430,10 @@ def test_started_without_root_runs_migration_and_command_directly(
     container.data_dir.mkdir()
     os.chown(container.data_dir, APP_UID, APP_UID)
     env = {**container.env, "CHOWN_RECURSIVE": "yes"}
+    entrypoint = shutil.copy(ENTRYPOINT, container.data_dir.parent / "entrypoint.sh")
 
     result = subprocess.run(
-        [gosu, f"{APP_UID}:{APP_UID}", str(ENTRYPOINT), *WHOAMI],
+        [gosu, f"{APP_UID}:{APP_UID}", entrypoint, *WHOAMI],
         env=env,
         capture_output=True,
         text=True,
