@@ -14,8 +14,9 @@ from app.api import router
 from app.config import ConfigError, Settings, get_settings
 from app.db import crud
 from app.db.backup import restore_backup
-from app.db.engine import make_engine, session_scope
+from app.db.engine import make_engine
 from app.db.errors import MigrationError
+from app.db.session import session_scope
 from app.db.upgrade import database_revision, require_database_at_head, upgrade_database
 
 log = logging.getLogger("app")

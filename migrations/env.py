@@ -9,7 +9,6 @@ from logging.config import fileConfig
 from alembic import context
 
 from app.config import ConfigError, get_settings
-from app.db import target_metadata
 from app.db.autogen import process_revision_directives, render_item
 from app.db.connect import migration_connection
 from app.db.errors import MigrationError
@@ -20,8 +19,22 @@ config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_setup"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
+
+def target_metadata():
+    """The models' metadata, for autogenerate and `alembic check`.
+
+    Upgrading never compares with the models, so the in-process upgrade (the
+    container's start) asks to skip importing them, and SQLModel with them.
+    """
+    if config.attributes.get("skip_models"):
+        return None
+    from app.db.models import metadata
+
+    return metadata
+
+
 CONFIGURE_OPTIONS = {
-    "target_metadata": target_metadata,
+    "target_metadata": target_metadata(),
     "render_as_batch": True,
     "transactional_ddl": True,
     "compare_type": True,

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from app.db import metadata
+from app.db.models import metadata
 from app.db.schema_shape import app_tables
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

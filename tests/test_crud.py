@@ -14,8 +14,9 @@ from sqlmodel import Session, select
 
 from app.config import Settings
 from app.db import crud
-from app.db.engine import make_engine, session_scope
+from app.db.engine import make_engine
 from app.db.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job
+from app.db.session import session_scope
 from app.db.upgrade import upgrade_database
 
 THREE_GB = 3 * 2**30

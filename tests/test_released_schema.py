@@ -18,8 +18,8 @@ from alembic import command
 from sqlalchemy.engine import URL
 
 from app.config import Settings
-from app.db import metadata
 from app.db.engine import make_engine
+from app.db.models import metadata
 from app.db.schema_shape import describe_schema, diff_schemas
 from app.db.upgrade import alembic_config
 from tests.conftest import settings_for

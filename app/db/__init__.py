@@ -1,8 +1,10 @@
-"""Database layer: the metadata, models, engines and the safe-upgrade logic."""
+"""Database layer: the metadata, models, engines and the safe-upgrade logic.
 
-from app.db import models
+Importing the package imports no models, so the container's upgrade step runs
+without SQLModel. `metadata` here is the shared MetaData; its tables are on it
+once `app.db.models` is imported, so take it from there when you need them.
+"""
+
 from app.db.metadata import metadata
 
-target_metadata = metadata
-
-__all__ = ["metadata", "models", "target_metadata"]
+__all__ = ["metadata"]

@@ -6,7 +6,6 @@ constraints cannot be addressed at all.
 """
 
 from sqlalchemy import MetaData
-from sqlmodel import SQLModel
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -17,9 +16,3 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class AppModel(SQLModel):
-    """Base class of every table model: binds it to the shared metadata."""
-
-    metadata = metadata

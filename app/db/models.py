@@ -4,6 +4,9 @@
 schema the last release created with `create_all` (see
 tests/fixtures/legacy/multi_site.sql). Defaults are Python-side, as they were
 then. `StrmUrlMapping` is dormant: the table exists, nothing uses it yet.
+
+Import `metadata` from here (not from app.db.metadata) wherever the tables
+must be on it: this module is what registers them.
 """
 
 from datetime import UTC, datetime
@@ -11,9 +14,9 @@ from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer
-from sqlmodel import Field
+from sqlmodel import Field, SQLModel
 
-from app.db.metadata import AppModel
+from app.db.metadata import metadata
 
 DEFAULT_SITE = "aniworld.to"
 
@@ -21,6 +24,12 @@ DEFAULT_SITE = "aniworld.to"
 # Byte counts pass 2**31 (a 3 GB episode): BIGINT on PostgreSQL. SQLite keeps
 # the released INTEGER, which already stores 64 bits.
 ByteCount = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AppModel(SQLModel):
+    """Base class of every table model: binds it to the shared metadata."""
+
+    metadata = metadata
 
 
 def utc_now() -> datetime:

@@ -182,7 +182,9 @@ class RevisionTimer:
 def upgrade_database(settings: Settings, revision: str = "head") -> None:
     """Upgrade the configured database in-process, through the same env.py as the CLI."""
     with connect_for_migrations(settings) as connection:
-        command.upgrade(alembic_config(connection, settings), revision)
+        config = alembic_config(connection, settings)
+        config.attributes["skip_models"] = True
+        command.upgrade(config, revision)
 
 
 def database_revision(settings: Settings) -> tuple[str, ...]:
