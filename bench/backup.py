@@ -1,5 +1,9 @@
 """4. Backup before an upgrade: `backup_database` on a large database, against copying the file.
 
+The floor is a durable copy (copy, then fsync): a backup is only worth taking
+if it is on disk before the upgrade starts, and `backup_database` fsyncs. A
+plain copy that stops at the page cache is shown beside it.
+
 The database (job rows with long messages) is built once and kept in
 bench/results/ (gitignored). Both sides read it from a warm page cache and run
 in this process, taking turns; each output file is deleted after its run.
@@ -67,16 +71,24 @@ def run(quick: bool, runs: int) -> Report:
         figures = measure_interleaved(
             runs,
             {
-                "floor: shutil.copyfile": lambda: copy_file(database, scratch / "copy"),
-                "shutil.copyfile + fsync": lambda: copy_file_synced(database, scratch / "copy"),
+                "floor: shutil.copyfile + fsync": lambda: copy_file_synced(
+                    database, scratch / "copy"
+                ),
+                "shutil.copyfile, no fsync": lambda: copy_file(database, scratch / "copy"),
                 "backup_database": lambda: backup(database, scratch / "backups"),
             },
         )
-    floor, _synced, backup_figure = figures.values()
+    floor, unsynced, backup_figure = figures.values()
     report.lines.append(f"  database: {size_mb:,.0f} MB")
     for figure in figures.values():
         figure.unit_count = round(size_mb)
         report.add(figure, floor, "MB")
     speed = backup_figure.per_second / floor.per_second
-    report.check(f"throughput >= {TARGET_SPEED}x copyfile", speed >= TARGET_SPEED, f"{speed:.2f}x")
+    report.lines.append(
+        "  against the copy left in the page cache (not yet on disk): "
+        f"{backup_figure.per_second / unsynced.per_second:.2f}x"
+    )
+    report.check(
+        f"throughput >= {TARGET_SPEED}x a durable copy", speed >= TARGET_SPEED, f"{speed:.2f}x"
+    )
     return report
