@@ -2,16 +2,23 @@
 
 Every bad value raises `ConfigError` with one line that names the variable and
 what it accepts; entry points print that line and exit non-zero.
+
+SQLAlchemy is imported only to handle the database URL: `app.head_check`
+validates the other settings with this module at the cost of the standard
+library alone.
 """
+
+from __future__ import annotations
 
 import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 DATABASE_FILE_NAME = "anibridge_jobs.db"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -30,6 +37,7 @@ SETTING_NAMES = (
     "PORT",
     "LOG_LEVEL",
 )
+SQLITE_HEADER = b"SQLite format 3\x00"
 URL_HINT = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
@@ -85,6 +93,9 @@ def parse_database_url(raw: str) -> URL:
 
     The error never repeats the value: it may carry a password.
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError):
@@ -103,6 +114,8 @@ def parse_database_url(raw: str) -> URL:
 
 
 def sqlite_url(path: Path) -> URL:
+    from sqlalchemy.engine import URL
+
     return URL.create("sqlite", database=str(path))
 
 
@@ -114,14 +127,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     database_url = (
         parse_database_url(raw_url) if raw_url else sqlite_url(data_dir / DATABASE_FILE_NAME)
     )
-    return Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        migrate_on_startup=parse_bool(
+    return Settings(data_dir=data_dir, database_url=database_url, **parse_options(env))
+
+
+def parse_options(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every setting but the database's location, validated (standard library only)."""
+    return {
+        "migrate_on_startup": parse_bool(
             "DB_MIGRATE_ON_STARTUP", env.get("DB_MIGRATE_ON_STARTUP", "true")
         ),
-        backup_keep=parse_int("DB_BACKUP_KEEP", env.get("DB_BACKUP_KEEP", "5"), low=0, high=1000),
-        migration_lock_timeout=float(
+        "backup_keep": parse_int(
+            "DB_BACKUP_KEEP", env.get("DB_BACKUP_KEEP", "5"), low=0, high=1000
+        ),
+        "migration_lock_timeout": float(
             parse_int(
                 "DB_MIGRATION_LOCK_TIMEOUT",
                 env.get("DB_MIGRATION_LOCK_TIMEOUT", "600"),
@@ -129,13 +147,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 high=86400,
             )
         ),
-        connect_retries=parse_int(
+        "connect_retries": parse_int(
             "DB_CONNECT_RETRIES", env.get("DB_CONNECT_RETRIES", "10"), low=0, high=1000
         ),
-        host=env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
-        port=parse_int("PORT", env.get("PORT", "8000"), low=1, high=65535),
-        log_level=parse_choice("LOG_LEVEL", env.get("LOG_LEVEL", "info"), LOG_LEVELS),
-    )
+        "host": env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
+        "port": parse_int("PORT", env.get("PORT", "8000"), low=1, high=65535),
+        "log_level": parse_choice("LOG_LEVEL", env.get("LOG_LEVEL", "info"), LOG_LEVELS),
+    }
+
+
+def migration_lock_path(database: str | Path) -> Path:
+    """The lock file that serialises upgrades of the SQLite file `database`."""
+    return Path(f"{database}.migration-lock")
 
 
 def ensure_data_dir(settings: Settings) -> None:

@@ -25,45 +25,27 @@ import os
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from app.config import (
+    DATABASE_FILE_NAME,
+    SQLITE_HEADER,
+    ConfigError,
+    migration_lock_path,
+    parse_options,
+)
+
 VERSIONS_DIR = Path(__file__).resolve().parents[1] / "migrations" / "versions"
-DATABASE_FILE_NAME = "anibridge_jobs.db"
 PLAIN_SQLITE_URL = r"sqlite(?:\+pysqlite)?:///([^?#%:@]+)"
-SQLITE_HEADER = b"SQLite format 3\x00"
 REQUIRED_NAMES = ("revision", "down_revision")
 OPTIONAL_NAMES = ("branch_labels", "depends_on")
 DYNAMIC_NAMES = frozenset(
     {"globals", "locals", "vars", "exec", "eval", "setattr", "__dict__", "modules", "*"}
 )
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-BOOLEAN_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
 
 RevisionGraph = dict[str, tuple[str, ...]]
-
-
-def whole_number_in(low: int, high: int) -> Callable[[str], bool]:
-    def accepts(raw: str) -> bool:
-        try:
-            return low <= int(raw.strip()) <= high
-        except ValueError:
-            return False
-
-    return accepts
-
-
-# The rules of app.config for the variables it validates; tests/test_head_check.py
-# checks that both agree on every sample value.
-SETTING_RULES: dict[str, Callable[[str], bool]] = {
-    "DB_MIGRATE_ON_STARTUP": lambda raw: raw.strip().lower() in BOOLEAN_WORDS,
-    "DB_BACKUP_KEEP": whole_number_in(0, 1000),
-    "DB_MIGRATION_LOCK_TIMEOUT": whole_number_in(1, 86400),
-    "DB_CONNECT_RETRIES": whole_number_in(0, 1000),
-    "PORT": whole_number_in(1, 65535),
-    "LOG_LEVEL": lambda raw: raw.strip().lower() in LOG_LEVELS,
-}
 
 
 def database_at_head(
@@ -82,7 +64,11 @@ def database_at_head(
 
 
 def settings_acceptable(env: Mapping[str, str]) -> bool:
-    return all(accepts(env[name]) for name, accepts in SETTING_RULES.items() if name in env)
+    try:
+        parse_options(env)
+    except ConfigError:
+        return False
+    return True
 
 
 def sqlite_database_path(env: Mapping[str, str]) -> Path | None:
@@ -251,7 +237,7 @@ def stamped_revisions(database: Path) -> list[str] | None:
 def database_passes_preflight(database: Path) -> bool:
     """The checks `app.db.connect.check_sqlite_file` makes, and the lock file's."""
     folder = database.parent
-    lock = lock_file_for(database)
+    lock = migration_lock_path(database)
     try:
         with database.open("rb") as handle:
             header = handle.read(len(SQLITE_HEADER))
@@ -265,14 +251,10 @@ def database_passes_preflight(database: Path) -> bool:
     )
 
 
-def lock_file_for(database: Path) -> Path:
-    return Path(f"{database}.migration-lock")
-
-
 @contextmanager
 def upgrade_lock_free(database: Path) -> Iterator[None]:
     """Hold the upgrade lock shared, or raise BlockingIOError when an upgrade holds it."""
-    fd = os.open(lock_file_for(database), os.O_RDONLY)
+    fd = os.open(migration_lock_path(database), os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         yield

@@ -18,13 +18,12 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from app.config import Settings
+from app.config import SQLITE_HEADER, Settings
 from app.db.engine import make_engine
 from app.db.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 RETRY_DELAY_S = 1.0
 
 

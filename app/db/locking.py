@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, text
 
+from app.config import migration_lock_path
 from app.db.errors import MigrationError, MigrationLockTimeoutError
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,6 @@ log = logging.getLogger(__name__)
 POSTGRES_LOCK_KEY = 0x616E6962  # "anib": one key for every AniBridge upgrade
 POLL_INTERVAL_S = 0.1
 LOG_EVERY_S = 10.0
-
-
-def lock_file_for(database_path: str) -> Path:
-    return Path(f"{database_path}.migration-lock")
 
 
 @contextmanager
@@ -40,7 +37,7 @@ def sqlite_upgrade_lock(connection: Connection, timeout_s: float) -> Iterator[No
     if connection.dialect.name != "sqlite":
         yield
         return
-    with _sqlite_file_lock(lock_file_for(connection.engine.url.database), timeout_s):
+    with _sqlite_file_lock(migration_lock_path(connection.engine.url.database), timeout_s):
         yield
 
 
