@@ -117,13 +117,36 @@ def test_only_the_newest_backups_are_kept(database: Path) -> None:
     settings = baseline_with_rows(database, DB_BACKUP_KEEP="2")
     made = []
     for _ in range(3):
-        known = set(backups(database))
-        upgrade_database(settings)
-        (new,) = set(backups(database)) - known
-        made.append(new)
-        downgrade_to_baseline(settings)
+        for step in (upgrade_database, downgrade_to_baseline):
+            known = set(backups(database))
+            step(settings)
+            (new,) = set(backups(database)) - known
+            made.append(new)
 
-    assert backups(database) == made[-2:]
+    assert set(backups(database)) == set(made[-2:])
+
+
+def test_a_downgrade_is_preceded_by_a_backup_holding_what_it_drops(database: Path) -> None:
+    settings = baseline_with_rows(database)
+    upgrade_database(settings)
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "INSERT INTO strm_url_mapping (strm_path, resolved_url, resolved_at, slug, season,"
+            " episode, language, site) VALUES ('/m/a.strm', 'https://x/y', '2024-01-01 00:00:00',"
+            " 'a', 1, 1, 'German Dub', 'aniworld.to')"
+        )
+    connection.close()
+    known = set(backups(database))
+
+    downgrade_to_baseline(settings)
+
+    (backup,) = set(backups(database)) - known
+    assert backup.name.startswith(f"anibridge_jobs-{HEAD}-")
+    assert sqlite_revision(backup) == HEAD
+    with sqlite3.connect(backup) as copy:
+        assert copy.execute("SELECT strm_path FROM strm_url_mapping").fetchall() == [("/m/a.strm",)]
+    copy.close()
+    assert "strm_url_mapping" not in sqlite_table_names(database)
 
 
 def test_backup_keep_zero_takes_no_backup(database: Path) -> None:

@@ -50,7 +50,7 @@ def backup_database(
     _copy_consistently(database, partial)
     os.replace(partial, target)
     prune_backups(backups_dir, database, keep)
-    log.info("Backed up %s to %s before upgrading", database.name, target)
+    log.info("Backed up %s to %s before migrating", database.name, target)
     return target
 
 

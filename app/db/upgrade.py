@@ -6,7 +6,8 @@ One function, `guarded_migrations`, turns Alembic's plain run into:
 2. one transaction around everything (all or nothing, on SQLite too);
 3. a refusal when the database is at a revision this code does not know;
 4. for `upgrade`: adoption of unversioned databases and, on SQLite, a backup
-   before the first change;
+   before the first change; a downgrade, which may drop tables and their rows,
+   is backed up too;
 5. after the revisions ran: a foreign-key check on SQLite, then commit.
 
 `upgrade_database` is the in-process entry point used at start-up and by the
@@ -126,6 +127,8 @@ def guarded_migrations(
             refuse_unknown_revisions(env.script, plan.current)
         if plan.command == "upgrade":
             prepare_upgrade(env.script, connection, plan, settings)
+        elif plan.command == "downgrade" and plan.current:
+            backup_if_sqlite(connection, plan.current[0], settings)
         timer.restart()
         yield
         if connection.dialect.name == "sqlite":
