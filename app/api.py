@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
@@ -12,6 +12,11 @@ from app.db import crud
 from app.db.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job
 
 router = APIRouter()
+
+# The columns' ranges: INTEGER is 32-bit on PostgreSQL, byte counts are BIGINT.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+EpisodeNumber = Annotated[int, Path(ge=0, le=INT32_MAX)]
 
 JobStatus = Literal["queued", "downloading", "completed", "failed", "cancelled"]
 TaskState = Literal["queued", "downloading", "paused", "completed", "error"]
@@ -46,10 +51,10 @@ class JobCreate(BaseModel):
 class JobUpdate(BaseModel):
     status: JobStatus | None = None
     progress: float | None = Field(default=None, ge=0, le=100)
-    downloaded_bytes: int | None = Field(default=None, ge=0)
-    total_bytes: int | None = Field(default=None, ge=0)
+    downloaded_bytes: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    total_bytes: int | None = Field(default=None, ge=0, le=INT64_MAX)
     speed: float | None = Field(default=None, ge=0)
-    eta: int | None = Field(default=None, ge=0)
+    eta: int | None = Field(default=None, ge=0, le=INT32_MAX)
     message: str | None = None
     result_path: str | None = None
 
@@ -86,7 +91,7 @@ def update_job(job_id: str, body: JobUpdate, session: SessionDep) -> Job:
 
 class AvailabilityIn(BaseModel):
     available: bool
-    height: int | None = Field(default=None, ge=0)
+    height: int | None = Field(default=None, ge=0, le=INT32_MAX)
     vcodec: str | None = None
     provider: str | None = None
     extra: dict[str, Any] | None = None
@@ -120,8 +125,8 @@ def availability_out(row: EpisodeAvailability, ttl_s: int) -> AvailabilityOut:
 def put_availability(
     site: str,
     slug: str,
-    season: int,
-    episode: int,
+    season: EpisodeNumber,
+    episode: EpisodeNumber,
     language: str,
     body: AvailabilityIn,
     session: SessionDep,
@@ -142,8 +147,8 @@ def put_availability(
 def get_availability(
     site: str,
     slug: str,
-    season: int,
-    episode: int,
+    season: EpisodeNumber,
+    episode: EpisodeNumber,
     language: str,
     session: SessionDep,
     ttl: Annotated[int, Query(ge=0, description="freshness window in seconds")] = DEFAULT_TTL_S,
@@ -157,8 +162,8 @@ def get_availability(
 class ClientTaskIn(BaseModel):
     name: str = Field(min_length=1)
     slug: str = Field(min_length=1)
-    season: int = Field(ge=0)
-    episode: int = Field(ge=0)
+    season: int = Field(ge=0, le=INT32_MAX)
+    episode: int = Field(ge=0, le=INT32_MAX)
     language: str = Field(min_length=1)
     site: str = DEFAULT_SITE
     job_id: str | None = None

@@ -122,6 +122,27 @@ def test_job_errors(start_service: StartService) -> None:
         assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
 
 
+def test_numbers_beyond_the_columns_are_refused_not_crashed_on(
+    start_service: StartService,
+) -> None:
+    huge = 10**30
+    with start_service() as client:
+        job_id = create_job(client)["id"]
+        task = {"name": "n", "slug": "s", "season": huge, "episode": 1, "language": "German Dub"}
+        responses = [
+            client.get(f"/availability/aniworld.to/x/{huge}/1/German Dub"),
+            client.put(
+                "/availability/aniworld.to/x/1/1/German Dub",
+                json={"available": True, "height": huge},
+            ),
+            client.put("/client-tasks/abc", json=task),
+            client.patch(f"/jobs/{job_id}", json={"downloaded_bytes": huge}),
+            client.patch(f"/jobs/{job_id}", json={"eta": 2**31}),
+        ]
+        assert [response.status_code for response in responses] == [422] * len(responses)
+        assert client.patch(f"/jobs/{job_id}", json={"downloaded_bytes": 2**40}).status_code == 200
+
+
 def test_list_jobs_with_status_filter(start_service: StartService) -> None:
     with start_service() as client:
         queued = create_job(client)["id"]
