@@ -15,7 +15,6 @@ from app.config import ConfigError, Settings, get_settings
 from app.db import crud
 from app.db.backup import restore_backup
 from app.db.engine import make_engine
-from app.db.errors import MigrationError
 from app.db.session import session_scope
 from app.db.upgrade import database_revision, require_database_at_head, upgrade_database
 
@@ -91,12 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "migrate":
         return migrate.main()
-    try:
-        run(args)
-    except (ConfigError, MigrationError) as exc:
-        print(f"anibridge: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return migrate.exit_code_of(lambda: run(args))
 
 
 if __name__ == "__main__":

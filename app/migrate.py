@@ -10,6 +10,7 @@ imported only when there may be something to do (or an error to report).
 
 import os
 import sys
+from collections.abc import Callable
 
 from app.head_check import database_at_head
 
@@ -28,17 +29,27 @@ def main() -> int:
 
 
 def upgrade_to_head() -> int:
+    return exit_code_of(run_full_upgrade)
+
+
+def run_full_upgrade() -> None:
     import logging
 
-    from app.config import ConfigError, get_settings
+    from app.config import get_settings
+    from app.db.upgrade import upgrade_database
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    upgrade_database(settings)
+
+
+def exit_code_of(action: Callable[[], None]) -> int:
+    """Run `action`; a settings or migration error becomes one stderr line and exit code 1."""
+    from app.config import ConfigError
     from app.db.errors import MigrationError
 
     try:
-        settings = get_settings()
-        logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-        from app.db.upgrade import upgrade_database
-
-        upgrade_database(settings)
+        action()
     except (ConfigError, MigrationError) as exc:
         print(f"anibridge: error: {exc}", file=sys.stderr)
         return 1
