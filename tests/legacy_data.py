@@ -29,6 +29,7 @@ from app.db.schema_shape import app_tables
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
+RELEASES_DIR = REPO_ROOT / "tests" / "data" / "releases"
 BASELINE = "5cb5dab892ec"
 HEAD = "bd4dbe993fef"
 
@@ -52,6 +53,74 @@ TITLES = (
 )
 PROVIDERS = ("VOE", "Filemoon", "Vidoza", "Doodstream")
 EPOCH = datetime(2023, 1, 1)
+
+
+# Row checksums of the databases the real releases made (tests/data/releases/,
+# copied from ../shared/spec/releases/ with its README): file -> table -> (rows, sha256).
+RELEASE_CHECKSUMS = {
+    "v1.16.1.db": {
+        "clienttask": (387, "a82c22733bbb84c36c98b5560fa4b477d0c26d6b54480816d3088b9bd72b6a97"),
+        "episodeavailability": (
+            560,
+            "4bd8686e3318418514379671de5e63725822e9b0bf43618080695bb4956b2915",
+        ),
+        "job": (430, "3bc47f8cc29729fb3ef20537b909263e4d54e974858c3aef412a0b688c18ecaf"),
+    },
+    "v2.1.0.db": {
+        "clienttask": (387, "399b16b5d191630ad4c27bbe042b1f317c12ff790001623eda37f0acff6ad44a"),
+        "episodeavailability": (
+            560,
+            "7c677a9f5bd2d91d9a45cec8dd6bac7985e0a374e73e2999fc6a63a89f7649a4",
+        ),
+        "job": (430, "12b4ee9c9a1cd2101014a51edf1ebbd2c225bba600ea83fb30437e1f8c1a3d00"),
+    },
+    "v1.16.1-then-v2.1.0.db": {
+        "clienttask": (387, "a82c22733bbb84c36c98b5560fa4b477d0c26d6b54480816d3088b9bd72b6a97"),
+        "episodeavailability": (
+            560,
+            "c4ba0303278cb54fe3148f7eadd850a8a0b57497f42e321271097371c1b7703d",
+        ),
+        "job": (430, "3bc47f8cc29729fb3ef20537b909263e4d54e974858c3aef412a0b688c18ecaf"),
+    },
+}
+RELEASE_FILES = tuple(RELEASE_CHECKSUMS)
+
+
+def release_file(name: str) -> Path:
+    return RELEASES_DIR / name
+
+
+def table_columns(path: Path, table: str) -> list[str]:
+    connection = sqlite3.connect(path)
+    try:
+        return [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')]
+    finally:
+        connection.close()
+
+
+def release_row_checksums(path: Path, columns: dict[str, list[str]]) -> dict[str, tuple]:
+    """(row count, sha256) per table, over `columns` in that order, as the README computes them.
+
+    Rows are ordered by every column and written as `repr(tuple(row)) + "\\n"`.
+    """
+    connection = sqlite3.connect(path)
+    try:
+        result = {}
+        for table, names in columns.items():
+            order = ", ".join(str(position) for position in range(1, len(names) + 1))
+            rows = connection.execute(
+                f'SELECT {", ".join(names)} FROM "{table}" ORDER BY {order}'
+            ).fetchall()
+            text = "".join(repr(tuple(row)) + "\n" for row in rows)
+            result[table] = (len(rows), hashlib.sha256(text.encode()).hexdigest())
+        return result
+    finally:
+        connection.close()
+
+
+def released_columns(name: str) -> dict[str, list[str]]:
+    """The columns each table of a release file has, in its order."""
+    return {table: table_columns(release_file(name), table) for table in LEGACY_TABLES}
 
 
 def legacy_sql(variant: str) -> str:

@@ -1,8 +1,11 @@
 """Adoption of databases made before migrations: rows kept, unknown schemas refused untouched.
 
-Each upgrade runs once through the `alembic upgrade head` command line (as a
-container does) and once in-process through `upgrade_database` (as start-up does).
-LEGACY_ROWS (default 3000 per table) can be raised for long runs.
+The ground truth are the files the real releases left (tests/data/releases/,
+with the row checksums of their README). Each upgrade runs through the
+`alembic upgrade head` command line, `python -m app.migrate` (as a container
+does) and in-process through `upgrade_database` (as start-up does). Generated
+files (tests/legacy_data.py) add volume and variety: LEGACY_ROWS (default 3000
+per table) can be raised for long runs.
 """
 
 import logging
@@ -18,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 import app.db.adoption
+from app.db.adoption import released_sqlite_schema, sqlite_definitions
 from app.db.engine import make_engine
 from app.db.errors import UnknownSchemaError
 from app.db.schema_shape import TableShape, describe_schema
@@ -28,11 +32,16 @@ from tests.legacy_data import (
     HEAD,
     JOB_STATUSES,
     LANGUAGES,
+    LEGACY_SITE,
     LEGACY_TABLES,
     MULTI_SITE,
+    RELEASE_CHECKSUMS,
+    RELEASE_FILES,
     SINGLE_SITE,
+    SITE_COLUMNS,
     SITES,
     TASK_STATES,
+    VENV_BIN,
     alembic_upgrade_head,
     command_environment,
     create_legacy_postgres,
@@ -42,6 +51,11 @@ from tests.legacy_data import (
     failure_line,
     legacy_rows,
     legacy_sql,
+    python_migrate,
+    release_file,
+    release_row_checksums,
+    released_columns,
+    run_command,
     sha256_of,
     sqlite_file_engine,
     sqlite_revision,
@@ -56,21 +70,29 @@ UPGRADED_LOG = f"Running upgrade {BASELINE} -> {HEAD}"
 Upgrader = Callable[[Path], str]
 
 
-@pytest.fixture(params=["alembic_cli", "in_process"])
+@pytest.fixture(params=["alembic_cli", "python_migrate", "in_process"])
 def upgrade(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Upgrader:
     """Upgrade the SQLite file at DATA_DIR/anibridge_jobs.db to head; return the log text."""
 
-    def through_cli(data_dir: Path) -> str:
-        result = alembic_upgrade_head(command_environment(data_dir))
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout + result.stderr
+    def through(command: Callable) -> Upgrader:
+        def run(data_dir: Path) -> str:
+            result = command(command_environment(data_dir))
+            assert result.returncode == 0, result.stdout + result.stderr
+            return result.stdout + result.stderr
+
+        return run
 
     def in_process(data_dir: Path) -> str:
         caplog.set_level(logging.INFO)
         upgrade_database(settings_for(sqlite_url(data_dir), data_dir))
         return caplog.text
 
-    return through_cli if request.param == "alembic_cli" else in_process
+    upgraders = {
+        "alembic_cli": through(alembic_upgrade_head),
+        "python_migrate": through(python_migrate),
+        "in_process": in_process,
+    }
+    return upgraders[request.param]
 
 
 def sqlite_url(data_dir: Path) -> URL:
@@ -120,6 +142,86 @@ def sqlite_indexes(path: Path, table: str) -> set[str]:
         return {row[1] for row in connection.execute(f"PRAGMA index_list({table})")}
     finally:
         connection.close()
+
+
+def copy_release(name: str, data_dir: Path) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = Path(shutil.copyfile(release_file(name), data_dir / "anibridge_jobs.db"))
+    database.chmod(0o644)
+    return database
+
+
+def site_values(database: Path, columns: dict[str, list[str]]) -> dict[str, set]:
+    """Per table, the values of the site column the release file did not have."""
+    connection = sqlite3.connect(database)
+    try:
+        return {
+            table: {
+                value for (value,) in connection.execute(f"SELECT DISTINCT {column} FROM {table}")
+            }
+            for table, column in SITE_COLUMNS.items()
+            if column not in columns[table]
+        }
+    finally:
+        connection.close()
+
+
+def release_definitions(database: Path) -> dict[str, str]:
+    engine = sqlite_file_engine(database)
+    try:
+        with engine.connect() as connection:
+            definitions = sqlite_definitions(connection)
+    finally:
+        engine.dispose()
+    return {name: sql for name, sql in definitions.items() if "strm_url_mapping" not in name}
+
+
+def backup_files(data_dir: Path) -> list[Path]:
+    folder = data_dir / "backups"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("name", RELEASE_FILES)
+def test_release_files_hold_the_rows_their_readme_lists(name: str) -> None:
+    """Guards the fixtures: they are the files the releases made, rows and all."""
+    checksums = release_row_checksums(release_file(name), released_columns(name))
+    assert checksums == RELEASE_CHECKSUMS[name]
+
+
+@pytest.mark.parametrize("name", RELEASE_FILES)
+def test_release_file_is_adopted_with_every_row_checksum_intact(
+    name: str, tmp_path: Path, upgrade: Upgrader, head_shape: dict[str, TableShape]
+) -> None:
+    database = copy_release(name, tmp_path)
+    columns = released_columns(name)
+
+    log = upgrade(tmp_path)
+
+    assert ADOPTED_LOG in log and UPGRADED_LOG in log
+    assert sqlite_revision(database) == HEAD
+    assert release_row_checksums(database, columns) == RELEASE_CHECKSUMS[name]
+    assert all(values == {LEGACY_SITE} for values in site_values(database, columns).values())
+    assert sqlite_schema(database) == head_shape
+    assert release_definitions(database) == multi_site_definitions()
+    (backup,) = backup_files(tmp_path)
+    assert "unversioned" in backup.name
+    assert release_row_checksums(backup, columns) == RELEASE_CHECKSUMS[name]
+
+
+def multi_site_definitions() -> dict[str, str]:
+    return released_sqlite_schema(app.db.adoption.MULTI_SITE).definitions
+
+
+@pytest.mark.parametrize("name", RELEASE_FILES)
+def test_adopted_release_file_has_exactly_the_models_schema(name: str, tmp_path: Path) -> None:
+    copy_release(name, tmp_path)
+    environ = command_environment(tmp_path)
+    assert alembic_upgrade_head(environ).returncode == 0
+
+    result = run_command([str(VENV_BIN / "alembic"), "check"], environ)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No new upgrade operations detected" in result.stdout + result.stderr
 
 
 def test_legacy_rows_hold_the_variety_found_in_released_databases() -> None:
@@ -199,26 +301,36 @@ def test_single_site_database_gains_its_site_on_every_row(
     assert sqlite_revision(database) == HEAD
     assert dump_sqlite_rows(database, LEGACY_TABLES) == with_legacy_site(before)
     shape = sqlite_schema(database)
-    assert shape["episodeavailability"].primary_key == {
+    assert shape["episodeavailability"].primary_key == (
         "slug",
         "season",
         "episode",
         "language",
         "site",
-    }
+    )
     assert "ix_episodeavailability_checked_at" in sqlite_indexes(database, "episodeavailability")
     assert shape == head_shape
 
 
 UNKNOWN_SCHEMAS = {
-    "extra column": ("ALTER TABLE job ADD COLUMN priority INTEGER", "job: unexpected column"),
-    "missing index": ("DROP INDEX ix_job_status", "job: index (('status',), False) is missing"),
-    "unrelated table": ("CREATE TABLE foo (id INTEGER PRIMARY KEY)", "unexpected table foo"),
+    "extra column": (
+        "ALTER TABLE job ADD COLUMN priority INTEGER",
+        "table job: column priority (INTEGER) is not part of that schema",
+    ),
+    "missing index": (
+        "DROP INDEX ix_job_status",
+        "table job: index ix_job_status on (status) is missing",
+    ),
+    "unrelated table": (
+        "CREATE TABLE foo (id INTEGER PRIMARY KEY)",
+        "table foo is not part of that schema",
+    ),
 }
+CLOSEST_MULTI_SITE = "closest to the multi-site schema of v1.17.0 ... v2.1.0"
 
 
 def create_unknown_schema(database: Path, change: str) -> None:
-    create_legacy_sqlite(database, MULTI_SITE, 50)
+    copy_release("v2.1.0.db", database.parent)
     connection = sqlite3.connect(database)
     try:
         connection.execute(change)
@@ -234,12 +346,14 @@ def test_unknown_schema_is_refused_in_process_and_left_untouched(tmp_path: Path,
     create_unknown_schema(database, change)
     checksum = sha256_of(database)
 
-    with pytest.raises(UnknownSchemaError, match="nothing was changed") as refusal:
+    with pytest.raises(UnknownSchemaError, match="Nothing was changed") as refusal:
         upgrade_database(settings_for(sqlite_url(tmp_path), tmp_path))
 
     assert difference in str(refusal.value)
+    assert CLOSEST_MULTI_SITE in str(refusal.value)
     assert sha256_of(database) == checksum
     assert "alembic_version" not in sqlite_table_names(database)
+    assert backup_files(tmp_path) == []
 
 
 def test_unknown_schema_is_refused_by_the_command_line_in_one_line(tmp_path: Path) -> None:
@@ -253,6 +367,7 @@ def test_unknown_schema_is_refused_by_the_command_line_in_one_line(tmp_path: Pat
     assert difference in line and "no migration history" in line
     assert sha256_of(database) == checksum
     assert "alembic_version" not in sqlite_table_names(database)
+    assert backup_files(tmp_path) == []
 
 
 def test_empty_alembic_version_table_counts_as_unversioned(tmp_path: Path) -> None:
@@ -276,16 +391,14 @@ def test_failure_midway_through_single_site_conversion_changes_nothing(
     """The conversion runs in the upgrade's one transaction: a crash halfway rolls all back."""
     database = legacy_templates[SINGLE_SITE].copy_into(tmp_path)
     checksum = sha256_of(database)
+    rebuild_table = app.db.adoption.rebuild_table
 
-    def crash_after_renaming(connection: sa.Connection) -> None:
-        connection.exec_driver_sql(
-            "ALTER TABLE episodeavailability RENAME TO _episodeavailability_old"
-        )
-        raise RuntimeError("simulated crash during the conversion")
+    def crash_after_the_second_table(connection: sa.Connection, table: str) -> None:
+        rebuild_table(connection, table)
+        if table == "episodeavailability":
+            raise RuntimeError("simulated crash during the conversion")
 
-    monkeypatch.setattr(
-        app.db.adoption, "_rebuild_episode_availability_with_site", crash_after_renaming
-    )
+    monkeypatch.setattr(app.db.adoption, "rebuild_table", crash_after_the_second_table)
     with pytest.raises(RuntimeError, match="simulated crash"):
         upgrade_database(settings_for(sqlite_url(tmp_path), tmp_path))
 
@@ -341,7 +454,7 @@ def test_unknown_postgres_schema_is_refused_with_nothing_changed(
     engine.dispose()
     before = postgres_state(postgres_url)
 
-    with pytest.raises(UnknownSchemaError, match="unexpected table foo"):
+    with pytest.raises(UnknownSchemaError, match="table foo is not part of that schema"):
         upgrade_database(settings_for(postgres_url, tmp_path))
 
     after = postgres_state(postgres_url)

@@ -32,12 +32,18 @@ import pytest
 
 from app.config import DATABASE_FILE_NAME, load_settings
 from app.db.upgrade import script_directory, upgrade_database
+from tests.legacy_data import (
+    RELEASE_CHECKSUMS,
+    RELEASE_FILES,
+    release_file,
+    release_row_checksums,
+    released_columns,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO_ROOT / "docker" / "entrypoint.sh"
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = REPO_ROOT / "docker" / "compose.yaml"
-LEGACY_MULTI_SITE_SQL = REPO_ROOT / "app" / "db" / "legacy" / "multi_site.sql"
 BASELINE = "5cb5dab892ec"
 UNKNOWN_REVISION = "ffffffffffff"
 APP_USER = "abtest_user"
@@ -284,18 +290,20 @@ def test_existing_database_is_upgraded_with_rows_kept_and_a_private_backup(
     assert query(backup, "SELECT version_num FROM alembic_version") == [(BASELINE,)]
 
 
-def test_legacy_unversioned_database_is_adopted_with_rows_kept(container: Container) -> None:
+@pytest.mark.parametrize("name", RELEASE_FILES)
+def test_database_a_release_left_is_adopted_with_every_row_checksum_intact(
+    container: Container, name: str
+) -> None:
     container.data_dir.mkdir(parents=True)
-    connection = sqlite3.connect(container.database)
-    connection.executescript(LEGACY_MULTI_SITE_SQL.read_text())
-    connection.close()
-    execute(container.database, JOB_INSERT, JOB_ID)
+    shutil.copyfile(release_file(name), container.database)
+    columns = released_columns(name)
 
     result = container.start()
 
     assert_ran_as(result)
     assert_at_head(container.database)
-    assert query(container.database, "SELECT id FROM job") == [(JOB_ID,)]
+    assert release_row_checksums(container.database, columns) == RELEASE_CHECKSUMS[name]
+    assert_owner(container.database)
     (backup,) = backups(container)
     assert "unversioned" in backup.name
     assert_owner(backup)

@@ -1,10 +1,11 @@
 """The models and the baseline revision reproduce the schema the last release shipped.
 
 The released schema is app/db/legacy/multi_site.sql, the DDL that release's
-`create_all` produced on SQLite. Databases made by it are adopted (stamped at
-the baseline) only if the baseline creates exactly that schema, so the
-comparison here covers exact SQLite column types and index names, not only
-the generic shape.
+`create_all` produced on SQLite (app/db/legacy/releases/ holds the schemas of
+the databases the real releases made, tests/data/releases/ the databases).
+Databases made by it are adopted (stamped at the baseline) only if the
+baseline creates exactly that schema, so the comparison here covers exact
+SQLite column types and index names.
 """
 
 import sqlite3
@@ -18,15 +19,25 @@ from alembic import command
 from sqlalchemy.engine import URL
 
 from app.config import Settings
+from app.db.adoption import (
+    MULTI_SITE,
+    RELEASED_SCHEMAS,
+    SINGLE_SITE,
+    ReleasedSchema,
+    released_sqlite_schema,
+    sqlite_definitions,
+)
 from app.db.engine import make_engine
 from app.db.models import metadata
 from app.db.schema_shape import describe_schema, diff_schemas
 from app.db.upgrade import alembic_config
 from tests.conftest import settings_for
+from tests.legacy_data import release_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LEGACY_DIR = REPO_ROOT / "app" / "db" / "legacy"
 SPEC_LEGACY_DIR = REPO_ROOT.parent / "shared" / "spec" / "legacy"
+RELEASE_SCHEMA_DIR = LEGACY_DIR / "releases"
 BASELINE = "5cb5dab892ec"
 RELEASED_TABLES = ("clienttask", "episodeavailability", "job")
 
@@ -224,3 +235,51 @@ def test_vendored_legacy_sql_is_byte_identical_to_the_spec() -> None:
     assert vendored == sorted(path.name for path in SPEC_LEGACY_DIR.glob("*.sql"))
     for name in vendored:
         assert (LEGACY_DIR / name).read_bytes() == (SPEC_LEGACY_DIR / name).read_bytes(), name
+
+
+def test_vendored_release_schemas_are_byte_identical_to_the_spec() -> None:
+    spec_releases = SPEC_LEGACY_DIR.parent / "releases"
+    if not spec_releases.is_dir():
+        pytest.skip(f"{spec_releases} is not beside this clone")
+    vendored = sorted(path.name for path in RELEASE_SCHEMA_DIR.glob("*.sql"))
+    assert vendored == sorted(path.name for path in spec_releases.glob("*.schema.sql"))
+    for name in vendored:
+        assert (RELEASE_SCHEMA_DIR / name).read_bytes() == (spec_releases / name).read_bytes()
+
+
+@pytest.mark.parametrize("released", RELEASED_SCHEMAS, ids=lambda released: released.name)
+def test_each_release_file_has_the_schema_adoption_recognises(released: ReleasedSchema) -> None:
+    """The schema files adoption reads describe the databases the releases really made."""
+    database = release_file(released.schema_file.replace(".schema.sql", ".db"))
+    engine = sa.create_engine(sqlite_file_url(database))
+    try:
+        with engine.connect() as connection:
+            shape, definitions = describe_schema(connection), sqlite_definitions(connection)
+    finally:
+        engine.dispose()
+    known = released_sqlite_schema(released)
+    assert known.differences(shape, definitions) == []
+    assert (shape, definitions) == (known.shape, known.definitions)
+
+
+@pytest.mark.parametrize(
+    ("sql_file", "released"), [("multi_site.sql", MULTI_SITE), ("single_site.sql", SINGLE_SITE)]
+)
+def test_hand_written_legacy_sql_makes_the_released_schema(
+    tmp_path: Path, sql_file: str, released: ReleasedSchema
+) -> None:
+    """Generated test databases start from these files: they must not drift from the releases."""
+    database = tmp_path / "legacy.db"
+    with sqlite3.connect(database) as connection:
+        connection.executescript((LEGACY_DIR / sql_file).read_text())
+    engine = sa.create_engine(sqlite_file_url(database))
+    try:
+        with engine.connect() as connection:
+            assert (
+                released_sqlite_schema(released).differences(
+                    describe_schema(connection), sqlite_definitions(connection)
+                )
+                == []
+            )
+    finally:
+        engine.dispose()

@@ -1,83 +1,199 @@
-"""Reflect a live schema into a comparable shape and list differences.
+"""Reflect a live schema into a comparable shape and describe differences in words.
 
-Constraint names are left out on purpose: databases made by `create_all`
-carry SQLite's unnamed constraints, migrated ones carry the naming
-convention's names, and both are the same schema. Types are compared by their
-generic SQLAlchemy kind so a SQLite and a PostgreSQL schema can be compared
-(integer widths fold together: byte counts are INTEGER on SQLite and BIGINT on
-PostgreSQL by design; autogenerate's type comparison still catches width drift).
+Types are compared exactly as the connection's dialect spells them: on
+PostgreSQL INTEGER is not BIGINT and a naive TIMESTAMP is not a timestamp with
+time zone. Shapes are therefore only compared within one dialect. The names of
+primary keys and unique constraints are left out: databases made by
+`create_all` carry SQLite's unnamed constraints, migrated ones carry the naming
+convention's names, and both are the same schema. Index names are kept, since
+Alembic compares indexes by name.
 """
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, inspect, types
+from sqlalchemy import Connection, Dialect, inspect, types
+from sqlalchemy.exc import CompileError
 
 IGNORED_TABLES = frozenset({"alembic_version"})
 
 
 @dataclass(frozen=True)
+class ColumnShape:
+    name: str
+    type: str
+    nullable: bool
+    default: str | None
+
+
+@dataclass(frozen=True)
+class IndexShape:
+    name: str
+    columns: tuple[str, ...]
+    unique: bool
+    options: str
+
+    def __str__(self) -> str:
+        kind = "unique index" if self.unique else "index"
+        where = f" {self.options}" if self.options else ""
+        return f"{kind} {self.name} on ({', '.join(self.columns)}){where}"
+
+
+@dataclass(frozen=True)
 class TableShape:
-    columns: frozenset[tuple[str, str, bool]]
-    primary_key: frozenset[str]
-    indexes: frozenset[tuple[tuple[str, ...], bool]]
+    columns: tuple[ColumnShape, ...]
+    primary_key: tuple[str, ...]
+    indexes: frozenset[IndexShape]
+    constraints: frozenset[str]
+
+    def column(self, name: str) -> ColumnShape | None:
+        return next((column for column in self.columns if column.name == name), None)
 
 
-def generic_type_name(column_type: types.TypeEngine) -> str:
+def type_name(column_type: types.TypeEngine, dialect: Dialect) -> str:
+    """The type as the dialect writes it in DDL ("untyped" for a column declared without one)."""
     try:
-        generic = column_type.as_generic()
-    except NotImplementedError:
-        return type(column_type).__name__.upper()
-    if isinstance(generic, types.Float):
-        return "FLOAT"
-    if isinstance(generic, types.Integer):
-        return "INTEGER"
-    return type(generic).__name__.upper()
+        return column_type.compile(dialect=dialect)
+    except CompileError:
+        return "untyped"
 
 
-def describe_table(connection: Connection, table: str) -> TableShape:
+def describe_table(connection: Connection, table: str, schema: str | None = None) -> TableShape:
     inspector = inspect(connection)
-    columns = frozenset(
-        (col["name"], generic_type_name(col["type"]), bool(col["nullable"]))
-        for col in inspector.get_columns(table)
+    columns = tuple(
+        ColumnShape(
+            column["name"],
+            type_name(column["type"], connection.dialect),
+            bool(column["nullable"]),
+            column.get("default"),
+        )
+        for column in inspector.get_columns(table, schema)
     )
-    primary_key = frozenset(inspector.get_pk_constraint(table)["constrained_columns"])
+    primary_key = tuple(inspector.get_pk_constraint(table, schema)["constrained_columns"])
     indexes = frozenset(
-        (tuple(ix["column_names"]), bool(ix["unique"])) for ix in inspector.get_indexes(table)
+        IndexShape(
+            index["name"],
+            tuple(str(column) for column in index["column_names"]),
+            bool(index["unique"]),
+            " ".join(f"{key}={value}" for key, value in sorted(index["dialect_options"].items()))
+            if index.get("dialect_options")
+            else "",
+        )
+        for index in inspector.get_indexes(table, schema)
+        if not index.get("duplicates_constraint")
     )
-    unique_constraints = frozenset(
-        (tuple(uq["column_names"]), True) for uq in inspector.get_unique_constraints(table)
-    )
-    return TableShape(columns, primary_key, indexes | unique_constraints)
+    return TableShape(columns, primary_key, indexes, _constraints(inspector, table, schema))
 
 
-def app_tables(connection: Connection) -> list[str]:
-    return sorted(set(inspect(connection).get_table_names()) - IGNORED_TABLES)
+def _constraints(inspector, table: str, schema: str | None) -> frozenset[str]:
+    """Unique, check and foreign-key constraints, each described in words."""
+    unique = {
+        f"unique constraint on ({', '.join(uq['column_names'])})"
+        for uq in inspector.get_unique_constraints(table, schema)
+    }
+    checks = {
+        f"check constraint ({ck['sqltext']})"
+        for ck in inspector.get_check_constraints(table, schema)
+    }
+    foreign = {
+        f"foreign key ({', '.join(fk['constrained_columns'])}) referencing "
+        f"{fk['referred_table']} ({', '.join(fk['referred_columns'])})"
+        for fk in inspector.get_foreign_keys(table, schema)
+    }
+    return frozenset(unique | checks | foreign)
 
 
-def describe_schema(connection: Connection) -> dict[str, TableShape]:
-    return {table: describe_table(connection, table) for table in app_tables(connection)}
+def app_tables(connection: Connection, schema: str | None = None) -> list[str]:
+    return sorted(set(inspect(connection).get_table_names(schema)) - IGNORED_TABLES)
+
+
+def describe_schema(connection: Connection, schema: str | None = None) -> dict[str, TableShape]:
+    return {
+        table: describe_table(connection, table, schema) for table in app_tables(connection, schema)
+    }
 
 
 def diff_schemas(expected: dict[str, TableShape], actual: dict[str, TableShape]) -> list[str]:
-    """Human-readable differences, empty when the shapes are equal."""
+    """The differences as sentences (`table job: column created_at is missing`); empty if none."""
     problems = [f"table {name} is missing" for name in sorted(expected.keys() - actual.keys())]
-    problems += [f"unexpected table {name}" for name in sorted(actual.keys() - expected.keys())]
+    problems += [
+        f"table {name} is not part of that schema"
+        for name in sorted(actual.keys() - expected.keys())
+    ]
     for name in sorted(expected.keys() & actual.keys()):
-        problems += _diff_table(name, expected[name], actual[name])
+        problems += [
+            f"table {name}: {problem}" for problem in _diff_table(expected[name], actual[name])
+        ]
     return problems
 
 
-def _diff_table(name: str, expected: TableShape, actual: TableShape) -> list[str]:
-    problems = []
-    for label, want, have in (
-        ("column", expected.columns, actual.columns),
-        ("index", expected.indexes, actual.indexes),
-    ):
-        problems += [f"{name}: {label} {item} is missing" for item in sorted(want - have)]
-        problems += [f"{name}: unexpected {label} {item}" for item in sorted(have - want)]
+def _diff_table(expected: TableShape, actual: TableShape) -> list[str]:
+    problems = _diff_columns(expected, actual)
     if expected.primary_key != actual.primary_key:
         problems.append(
-            f"{name}: primary key is {sorted(actual.primary_key)}, "
-            f"expected {sorted(expected.primary_key)}"
+            f"the primary key is {_listing(actual.primary_key)}, "
+            f"expected {_listing(expected.primary_key)}"
+        )
+    problems += _diff_indexes(expected.indexes, actual.indexes)
+    problems += [f"{item} is missing" for item in sorted(expected.constraints - actual.constraints)]
+    problems += [
+        f"{item} is not part of that schema"
+        for item in sorted(actual.constraints - expected.constraints)
+    ]
+    return problems
+
+
+def _diff_columns(expected: TableShape, actual: TableShape) -> list[str]:
+    problems = []
+    for want in expected.columns:
+        have = actual.column(want.name)
+        if have is None:
+            problems.append(f"column {want.name} is missing")
+            continue
+        if have.type != want.type:
+            problems.append(f"column {want.name} is {have.type}, expected {want.type}")
+        if have.nullable != want.nullable:
+            problems.append(
+                f"column {want.name} {_nullability(have.nullable)}, "
+                f"expected it {_nullability(want.nullable).removeprefix('is ')}"
+            )
+        if have.default != want.default:
+            problems.append(
+                f"column {want.name} has default {have.default or 'none'}, "
+                f"expected {want.default or 'none'}"
+            )
+    problems += [
+        f"column {have.name} ({have.type}) is not part of that schema"
+        for have in actual.columns
+        if expected.column(have.name) is None
+    ]
+    if not problems and expected.columns != actual.columns:
+        problems.append(
+            f"the columns are in the order {_listing(c.name for c in actual.columns)}, "
+            f"expected {_listing(c.name for c in expected.columns)}"
         )
     return problems
+
+
+def _diff_indexes(expected: frozenset[IndexShape], actual: frozenset[IndexShape]) -> list[str]:
+    wanted = {index.name: index for index in expected}
+    found = {index.name: index for index in actual}
+    problems = []
+    for name in sorted(wanted.keys() | found.keys()):
+        want, have = wanted.get(name), found.get(name)
+        if have is None:
+            problems.append(f"{want} is missing")
+        elif want is None:
+            problems.append(
+                f'{have} is not part of that schema (if you made it, drop it: DROP INDEX "{name}")'
+            )
+        elif have != want:
+            problems.append(f"{have} should be {want}")
+    return problems
+
+
+def _nullability(nullable: bool) -> str:
+    return "is nullable" if nullable else "is NOT NULL"
+
+
+def _listing(names) -> str:
+    return f"({', '.join(names)})"

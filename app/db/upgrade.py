@@ -31,7 +31,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from app.config import Settings
-from app.db.adoption import adopt_legacy_database, has_unversioned_app_tables
+from app.db.adoption import (
+    adopt_legacy_database,
+    has_unversioned_app_tables,
+    recognise_unversioned_database,
+)
 from app.db.backup import backup_database
 from app.db.connect import connect_for_migrations
 from app.db.errors import DatabaseNewerThanCodeError, MigrationError
@@ -138,10 +142,15 @@ def guarded_migrations(
 def prepare_upgrade(
     script: ScriptDirectory, connection: Connection, plan: UpgradePlan, settings: Settings
 ) -> None:
-    """Adopt a legacy database, log the starting point, and back up if anything will change."""
+    """Adopt a legacy database, log the starting point, and back up if anything will change.
+
+    An unversioned database is recognised before the backup: one that is refused
+    leaves no backup behind to push older ones out.
+    """
     if has_unversioned_app_tables(connection, plan.current):
+        known = recognise_unversioned_database(connection, script)
         backup_if_sqlite(connection, None, settings)
-        adopted = adopt_legacy_database(connection, script)
+        adopted = adopt_legacy_database(connection, script, known)
         plan = UpgradePlan(plan.command, (adopted,), plan.destination)
     elif plan.current and pending_upgrade_steps(script, plan):
         backup_if_sqlite(connection, plan.current[0], settings)
