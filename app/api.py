@@ -4,19 +4,34 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool
 from sqlmodel import Session
 
+from app.api_contract import NOT_FOUND, UNPARSABLE_BODY, keep_http_contract
+from app.api_inputs import (
+    INT32_MAX,
+    PATH_SEGMENT,
+    FiniteFloat,
+    Instant,
+    Int32,
+    Int64,
+    NonEmptyText,
+    StorableJsonObject,
+    Text,
+    require_decimal_integer,
+)
 from app.db import crud
 from app.db.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job
 
 router = APIRouter()
 
-# The columns' ranges: INTEGER is 32-bit on PostgreSQL, byte counts are BIGINT.
-INT32_MAX = 2**31 - 1
-INT64_MAX = 2**63 - 1
-EpisodeNumber = Annotated[int, Path(ge=0, le=INT32_MAX)]
+# Path parameters hold no "/" (it would split the path) and no NUL; numbers in
+# the URL are plain decimal digits.
+Segment = Annotated[str, Path(pattern=PATH_SEGMENT)]
+EpisodeNumber = Annotated[int, Path(ge=0, le=INT32_MAX), BeforeValidator(require_decimal_integer)]
+# A freshness window must fit in a `timedelta`.
+MAX_TTL_S = timedelta.max // timedelta(seconds=1)
 
 JobStatus = Literal["queued", "downloading", "completed", "failed", "cancelled"]
 TaskState = Literal["queued", "downloading", "paused", "completed", "error"]
@@ -35,6 +50,12 @@ def not_found(what: str) -> HTTPException:
     return HTTPException(status_code=404, detail=f"{what} not found")
 
 
+def mount_api(app: FastAPI) -> None:
+    """Serve the routes on `app`, with the error handling and schema they promise."""
+    app.include_router(router)
+    keep_http_contract(app, router.routes)
+
+
 @router.get("/health")
 def health(request: Request) -> dict[str, Any]:
     return {
@@ -45,21 +66,36 @@ def health(request: Request) -> dict[str, Any]:
 
 
 class JobCreate(BaseModel):
-    source_site: str = Field(default=DEFAULT_SITE, min_length=1)
+    source_site: NonEmptyText = DEFAULT_SITE
+
+
+def omissible() -> Any:
+    """A field that may be left out but not set to null (its column is NOT NULL).
+
+    The default `None` only marks the field unset; the schema shows no default.
+    """
+    return Field(default=None, json_schema_extra=lambda schema: schema.pop("default"))
+
+
+Progress = Annotated[FiniteFloat, Field(ge=0, le=100)]
+Speed = Annotated[FiniteFloat, Field(ge=0)]
 
 
 class JobUpdate(BaseModel):
-    status: JobStatus | None = None
-    progress: float | None = Field(default=None, ge=0, le=100)
-    downloaded_bytes: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    total_bytes: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    speed: float | None = Field(default=None, ge=0)
-    eta: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    message: str | None = None
-    result_path: str | None = None
+    """Fields to change; absent ones stay. `status`, `progress` and
+    `downloaded_bytes` are NOT NULL columns: they may be left out, not nulled."""
+
+    status: JobStatus = omissible()
+    progress: Progress = omissible()
+    downloaded_bytes: Int64 = omissible()
+    total_bytes: Int64 | None = None
+    speed: Speed | None = None
+    eta: Int32 | None = None
+    message: Text | None = None
+    result_path: Text | None = None
 
 
-@router.post("/jobs", status_code=201)
+@router.post("/jobs", status_code=201, responses=UNPARSABLE_BODY)
 def create_job(body: JobCreate, session: SessionDep) -> Job:
     return crud.create_job(session, source_site=body.source_site)
 
@@ -68,21 +104,21 @@ def create_job(body: JobCreate, session: SessionDep) -> Job:
 def list_jobs(
     session: SessionDep,
     status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000), BeforeValidator(require_decimal_integer)] = 100,
 ) -> list[Job]:
     return list(crud.list_jobs(session, status=status, limit=limit))
 
 
-@router.get("/jobs/{job_id}")
-def get_job(job_id: str, session: SessionDep) -> Job:
+@router.get("/jobs/{job_id}", responses=NOT_FOUND)
+def get_job(job_id: Segment, session: SessionDep) -> Job:
     job = crud.get_job(session, job_id)
     if job is None:
         raise not_found("job")
     return job
 
 
-@router.patch("/jobs/{job_id}")
-def update_job(job_id: str, body: JobUpdate, session: SessionDep) -> Job:
+@router.patch("/jobs/{job_id}", responses={**NOT_FOUND, **UNPARSABLE_BODY})
+def update_job(job_id: Segment, body: JobUpdate, session: SessionDep) -> Job:
     job = crud.update_job(session, job_id, **body.model_dump(exclude_unset=True))
     if job is None:
         raise not_found("job")
@@ -90,11 +126,11 @@ def update_job(job_id: str, body: JobUpdate, session: SessionDep) -> Job:
 
 
 class AvailabilityIn(BaseModel):
-    available: bool
-    height: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    vcodec: str | None = None
-    provider: str | None = None
-    extra: dict[str, Any] | None = None
+    available: StrictBool
+    height: Int32 | None = None
+    vcodec: Text | None = None
+    provider: Text | None = None
+    extra: StorableJsonObject | None = None
 
 
 class AvailabilityOut(BaseModel):
@@ -121,13 +157,13 @@ def availability_out(row: EpisodeAvailability, ttl_s: int) -> AvailabilityOut:
     return AvailabilityOut(**row.model_dump(), fresh=fresh)
 
 
-@router.put(EPISODE_PATH)
+@router.put(EPISODE_PATH, responses={**NOT_FOUND, **UNPARSABLE_BODY})
 def put_availability(
-    site: str,
-    slug: str,
+    site: Segment,
+    slug: Segment,
     season: EpisodeNumber,
     episode: EpisodeNumber,
-    language: str,
+    language: Segment,
     body: AvailabilityIn,
     session: SessionDep,
 ) -> AvailabilityOut:
@@ -143,15 +179,19 @@ def put_availability(
     return availability_out(row, DEFAULT_TTL_S)
 
 
-@router.get(EPISODE_PATH)
+@router.get(EPISODE_PATH, responses=NOT_FOUND)
 def get_availability(
-    site: str,
-    slug: str,
+    site: Segment,
+    slug: Segment,
     season: EpisodeNumber,
     episode: EpisodeNumber,
-    language: str,
+    language: Segment,
     session: SessionDep,
-    ttl: Annotated[int, Query(ge=0, description="freshness window in seconds")] = DEFAULT_TTL_S,
+    ttl: Annotated[
+        int,
+        Query(ge=0, le=MAX_TTL_S, description="freshness window in seconds"),
+        BeforeValidator(require_decimal_integer),
+    ] = DEFAULT_TTL_S,
 ) -> AvailabilityOut:
     row = crud.get_availability(session, slug, season, episode, language, site)
     if row is None:
@@ -160,31 +200,33 @@ def get_availability(
 
 
 class ClientTaskIn(BaseModel):
-    name: str = Field(min_length=1)
-    slug: str = Field(min_length=1)
-    season: int = Field(ge=0, le=INT32_MAX)
-    episode: int = Field(ge=0, le=INT32_MAX)
-    language: str = Field(min_length=1)
-    site: str = DEFAULT_SITE
-    job_id: str | None = None
-    save_path: str | None = None
-    category: str | None = None
+    name: NonEmptyText
+    slug: NonEmptyText
+    season: Int32
+    episode: Int32
+    language: NonEmptyText
+    site: Text = DEFAULT_SITE
+    job_id: Text | None = None
+    save_path: Text | None = None
+    category: Text | None = None
     state: TaskState = "queued"
-    completion_on: datetime | None = None
+    completion_on: Instant | None = None
 
 
-@router.put("/client-tasks/{hash}")
-def put_client_task(hash: str, body: ClientTaskIn, session: SessionDep) -> ClientTask:
+@router.put("/client-tasks/{hash}", responses={**NOT_FOUND, **UNPARSABLE_BODY})
+def put_client_task(hash: Segment, body: ClientTaskIn, session: SessionDep) -> ClientTask:
     return crud.upsert_client_task(session, hash=hash, **body.model_dump())
 
 
 @router.get("/client-tasks")
-def list_client_tasks(session: SessionDep, category: str | None = None) -> list[ClientTask]:
+def list_client_tasks(
+    session: SessionDep, category: Annotated[Text | None, Query()] = None
+) -> list[ClientTask]:
     return list(crud.list_client_tasks(session, category=category))
 
 
-@router.delete("/client-tasks/{hash}", status_code=204)
-def delete_client_task(hash: str, session: SessionDep) -> Response:
+@router.delete("/client-tasks/{hash}", status_code=204, responses=NOT_FOUND)
+def delete_client_task(hash: Segment, session: SessionDep) -> Response:
     if not crud.delete_client_task(session, hash):
         raise not_found("client task")
     return Response(status_code=204)

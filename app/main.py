@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from app import migrate
-from app.api import router
+from app.api import mount_api
 from app.config import ConfigError, Settings, get_settings
 from app.db import crud
 from app.db.backup import restore_backup
@@ -49,7 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     app = FastAPI(title="AniBridge", lifespan=lifespan)
-    app.include_router(router)
+    mount_api(app)
     return app
 
 

@@ -8,6 +8,7 @@ cache after setting the environment.
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ SETTINGS_VARIABLES = (
     "DB_MIGRATION_LOCK_TIMEOUT",
     "DB_CONNECT_RETRIES",
 )
+JSON = {"Content-Type": "application/json"}
+EPISODE_TEMPLATE = "/availability/{site}/{slug}/{season}/{episode}/{language}"
 EPISODE_PATH = "/availability/aniworld.to/attack-on-titan/1/1/German Dub"
 TASK_HASH = "a" * 40
 TASK = {
@@ -250,3 +253,190 @@ def test_without_migration_on_startup_a_database_at_head_is_served(
     with start_service(DB_MIGRATE_ON_STARTUP="false") as client:
         assert client.get("/health").json()["revision"] == head_revision()
         assert create_job(client)["status"] == "queued"
+
+
+# Cases schemathesis found (issue 13), each pinned down on both engines.
+
+
+def test_explicit_null_for_a_not_null_column_is_refused(
+    start_service: StartService, service_url: dict[str, str]
+) -> None:
+    with start_service(**service_url) as client:
+        job = create_job(client)
+        for field in ("status", "progress", "downloaded_bytes"):
+            response = client.patch(f"/jobs/{job['id']}", json={field: None})
+            assert response.status_code == 422, (field, response.text)
+        assert client.patch(f"/jobs/{job['id']}", json={"total_bytes": None}).status_code == 200
+        assert client.get(f"/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_nul_characters_are_refused_alike_on_both_engines(
+    start_service: StartService, service_url: dict[str, str]
+) -> None:
+    with start_service(**service_url) as client:
+        job_id = create_job(client)["id"]
+        client.put(EPISODE_PATH, json={"available": True})
+        responses = {
+            "path": client.get("/jobs/a%00b"),
+            "path of a PUT": client.put(f"/client-tasks/{TASK_HASH}%00", json=TASK),
+            "query": client.get("/client-tasks", params={"category": "a\x00"}),
+            "body": client.post("/jobs", json={"source_site": "s\x00"}),
+            "nested JSON value": client.put(
+                EPISODE_PATH, json={"available": True, "extra": {"a": ["\x00"]}}
+            ),
+            "JSON key": client.put(EPISODE_PATH, json={"available": True, "extra": {"\x00": 1}}),
+            "job message": client.patch(f"/jobs/{job_id}", json={"message": "\x00"}),
+        }
+        assert {name: r.status_code for name, r in responses.items()} == dict.fromkeys(
+            responses, 422
+        )
+        assert client.get(EPISODE_PATH).json()["extra"] is None
+
+
+def test_non_finite_numbers_in_json_are_refused(start_service: StartService) -> None:
+    with start_service() as client:
+        job_id = create_job(client)["id"]
+        bodies = [
+            (f"/jobs/{job_id}", "patch", '{"speed": Infinity}'),
+            (EPISODE_PATH, "put", '{"available": true, "extra": {"a": NaN}}'),
+        ]
+        for path, method, body in bodies:
+            response = client.request(method, path, content=body, headers=JSON)
+            assert response.status_code == 422, response.text
+
+
+def test_ttl_beyond_a_timedelta_is_refused(start_service: StartService) -> None:
+    largest = timedelta.max // timedelta(seconds=1)
+    with start_service() as client:
+        client.put(EPISODE_PATH, json={"available": True})
+        assert client.get(EPISODE_PATH, params={"ttl": largest + 1}).status_code == 422
+        assert client.get(EPISODE_PATH, params={"ttl": 86_400_000_000_000}).status_code == 422
+        assert client.get(EPISODE_PATH, params={"ttl": largest}).json()["fresh"] is True
+
+
+@pytest.mark.parametrize(
+    "completion_on", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"]
+)
+def test_a_date_time_leaving_years_1_to_9999_in_utc_is_refused(
+    start_service: StartService, completion_on: str
+) -> None:
+    with start_service() as client:
+        task = {**TASK, "completion_on": completion_on}
+        response = client.put(f"/client-tasks/{TASK_HASH}", json=task)
+        assert response.status_code == 422, response.text
+        assert "years 1 to 9999" in response.text
+        assert client.get("/client-tasks").json() == []
+
+
+def test_date_times_are_stored_as_the_same_instant_in_utc(
+    start_service: StartService, service_url: dict[str, str]
+) -> None:
+    with start_service(**service_url) as client:
+        task = {**TASK, "completion_on": "9999-12-31T23:59:59+01:00"}
+        assert client.put(f"/client-tasks/{TASK_HASH}", json=task).status_code == 200
+        stored = client.get("/client-tasks").json()[0]["completion_on"]
+        assert datetime.fromisoformat(stored).replace(tzinfo=UTC) == datetime(
+            9999, 12, 31, 22, 59, 59, tzinfo=UTC
+        )
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (EPISODE_PATH, {"available": True, "height": False}),
+        (EPISODE_PATH, {"available": 1}),
+        (EPISODE_PATH, {"available": True, "height": "1080"}),
+        (EPISODE_PATH, {"available": True, "height": 1080.5}),
+        (f"/client-tasks/{TASK_HASH}", {**TASK, "completion_on": 0}),
+        (f"/client-tasks/{TASK_HASH}", {**TASK, "completion_on": "2026-01-31"}),
+        (f"/client-tasks/{TASK_HASH}", {**TASK, "completion_on": "2026-01-31T20:00:00"}),
+        (f"/client-tasks/{TASK_HASH}", {**TASK, "season": True}),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_not_coerced(
+    start_service: StartService, path: str, body: dict
+) -> None:
+    with start_service() as client:
+        response = client.put(path, json=body)
+        assert response.status_code == 422, response.text
+
+
+def test_numbers_in_the_url_are_plain_decimal_integers(start_service: StartService) -> None:
+    with start_service() as client:
+        client.put(EPISODE_PATH, json={"available": True})
+        for ttl in ("1.0", "+1", " 1", "1_0", "true"):
+            assert client.get(EPISODE_PATH, params={"ttl": ttl}).status_code == 422, ttl
+        assert client.get(EPISODE_PATH.replace("/1/1/", "/1.0/1/")).status_code == 422
+        assert client.get(EPISODE_PATH.replace("/1/1/", "/01/1/")).status_code == 200
+
+
+def test_integers_written_as_integral_json_numbers_are_accepted(
+    start_service: StartService,
+) -> None:
+    """JSON Schema counts 1080.0 as an integer, so the API takes it too."""
+    with start_service() as client:
+        put = client.put(EPISODE_PATH, json={"available": True, "height": 1080.0})
+        assert (put.status_code, put.json()["height"]) == (200, 1080)
+
+
+def test_the_64_bit_bound_is_exact_in_the_schema_and_the_api(
+    start_service: StartService, service_url: dict[str, str]
+) -> None:
+    with start_service(**service_url) as client:
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["JobUpdate"]
+        assert schema["properties"]["downloaded_bytes"]["exclusiveMaximum"] == 2**63
+        assert type(schema["properties"]["downloaded_bytes"]["exclusiveMaximum"]) is int
+        job_id = create_job(client)["id"]
+        largest = client.patch(f"/jobs/{job_id}", json={"downloaded_bytes": 2**63 - 1})
+        assert (largest.status_code, largest.json()["downloaded_bytes"]) == (200, 2**63 - 1)
+        assert client.patch(f"/jobs/{job_id}", json={"downloaded_bytes": 2**63}).status_code == 422
+
+
+def test_every_status_code_returned_is_documented(start_service: StartService) -> None:
+    with start_service() as client:
+        paths = client.get("/openapi.json").json()["paths"]
+        job_id = create_job(client)["id"]
+        seen = [
+            ("/jobs/{job_id}", "get", 404, client.get("/jobs/missing")),
+            ("/jobs/{job_id}", "patch", 404, client.patch("/jobs/missing", json={})),
+            ("/jobs", "post", 400, client.post("/jobs", content=b"1" * 5000, headers=JSON)),
+            ("/client-tasks/{hash}", "put", 404, client.put("/client-tasks/a%2Fb", json=TASK)),
+            ("/client-tasks/{hash}", "delete", 404, client.delete("/client-tasks/missing")),
+            (EPISODE_TEMPLATE, "get", 404, client.get(EPISODE_PATH)),
+            ("/jobs/{job_id}", "patch", 422, client.patch(f"/jobs/{job_id}", json={"eta": -1})),
+        ]
+        for path, method, status, response in seen:
+            assert response.status_code == status, (path, method, response.text)
+            assert str(status) in paths[path][method]["responses"], (path, method, status)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{\xff}", b'{"message": "\\ud800"}', b'{"speed": NaN}', b'{"eta": -Infinity}', b"1" * 5000],
+)
+def test_hostile_bodies_get_a_client_error(start_service: StartService, body: bytes) -> None:
+    with start_service() as client:
+        job_id = create_job(client)["id"]
+        response = client.patch(f"/jobs/{job_id}", content=body, headers=JSON)
+        assert response.status_code in (400, 422), response.text
+        assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/jobs", {"GET", "POST"}),
+        ("/jobs/x", {"GET", "PATCH"}),
+        ("/client-tasks/x", {"PUT", "DELETE"}),
+        (EPISODE_PATH, {"GET", "PUT"}),
+        ("/health", {"GET"}),
+    ],
+)
+def test_a_405_allows_every_method_of_the_path(
+    start_service: StartService, path: str, methods: set[str]
+) -> None:
+    with start_service() as client:
+        for method in ("HEAD", "OPTIONS", "TRACE"):
+            response = client.request(method, path)
+            assert response.status_code == 405
+            assert set(response.headers["allow"].split(", ")) == methods
