@@ -1,9 +1,11 @@
 """Answer "is the SQLite database already at head?" with the standard library only.
 
-A container start runs `python -m app.migrate`. When nothing is pending, importing
-SQLAlchemy and Alembic costs twenty times more than the answer itself, so
-`app.migrate` asks here first and runs the full upgrade only when this module
-cannot say "yes" for certain. Any doubt answers None, never "at head":
+`python -m app.head_check` prints the head revision and exits 0 when the
+database is certainly at it, and exits 1 otherwise. The container's entrypoint
+runs it in front of `alembic upgrade head`: when nothing is pending, importing
+SQLAlchemy and Alembic costs twenty times more than the answer itself, so the
+upgrade runs only when this module cannot say "yes" for certain. Any doubt
+answers None (exit 1), never "at head":
 
 * the revision files are read with `ast`, never imported; each of `revision`,
   `down_revision`, `branch_labels` and `depends_on` must be bound once, at
@@ -24,6 +26,7 @@ import fcntl
 import os
 import re
 import sqlite3
+import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -260,3 +263,15 @@ def upgrade_lock_free(database: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def main() -> int:
+    head = database_at_head()
+    if head is None:
+        return 1
+    print(head)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

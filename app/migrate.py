@@ -1,34 +1,16 @@
-"""`python -m app.migrate`: the migration step of a container start.
+"""`anibridge migrate` and `python -m app.migrate`: upgrade the database to head and exit.
 
 Runs the same safe upgrade as `alembic upgrade head` and exits 0 when the
 database is at head, 1 with one line on stderr when it cannot be.
-
-When `app.head_check` can tell from the standard library alone that the
-database is already at head, that is all this does: SQLAlchemy and Alembic are
-imported only when there may be something to do (or an error to report).
 """
 
-import os
 import sys
 from collections.abc import Callable
 
-from app.head_check import database_at_head
-
 LOG_FORMAT = "%(levelname)s [%(name)s] %(message)s"
-INFO_LEVELS = ("info", "debug")
 
 
 def main() -> int:
-    revision = database_at_head()
-    if revision is None:
-        return upgrade_to_head()
-    if os.environ.get("LOG_LEVEL", "info").strip().lower() in INFO_LEVELS:
-        # LOG_FORMAT's output, written directly: importing logging would cost more than the check
-        print(f"INFO [app.migrate] Database is up to date at revision {revision}", file=sys.stderr)
-    return 0
-
-
-def upgrade_to_head() -> int:
     return exit_code_of(run_full_upgrade)
 
 

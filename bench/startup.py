@@ -1,4 +1,8 @@
-"""1. Start-up at head: the migration step of a container start when nothing is pending."""
+"""1. Start-up at head: the container's migration step when nothing is pending.
+
+The entrypoint runs `python -m app.head_check` and, only when it cannot vouch
+for the database, `alembic upgrade head`.
+"""
 
 from bench.common import (
     ALEMBIC,
@@ -17,9 +21,6 @@ FLOOR_CODE = (
     "connection = sqlite3.connect(sys.argv[1])\n"
     "connection.execute('SELECT version_num FROM alembic_version').fetchall()\n"
 )
-FULL_PATH_CODE = (
-    "import sys\nfrom app.migrate import upgrade_to_head\nsys.exit(upgrade_to_head())\n"
-)
 TARGET_RATIO = 2.0
 
 
@@ -35,11 +36,11 @@ def run(quick: bool, runs: int) -> Report:
                 "floor: python -c + sqlite3 read": lambda: run_timed(
                     [*python_code(FLOOR_CODE), str(database)], env
                 ),
-                "python -m app.migrate (fast check)": lambda: run_timed(
-                    [PYTHON, "-m", "app.migrate"], env
+                "python -m app.head_check (fast check)": lambda: run_timed(
+                    [PYTHON, "-m", "app.head_check"], env
                 ),
-                "full upgrade path (what the check skips)": lambda: run_timed(
-                    python_code(FULL_PATH_CODE), env
+                "python -m app.migrate (the in-process upgrade)": lambda: run_timed(
+                    [PYTHON, "-m", "app.migrate"], env
                 ),
                 "alembic upgrade head": lambda: run_timed([ALEMBIC, "upgrade", "head"], env),
             },
@@ -49,7 +50,7 @@ def run(quick: bool, runs: int) -> Report:
         report.add(figure, floor)
     report.lines.append(f"  fast check is {ratio(alembic, fast):.1f}x faster than alembic")
     report.check(
-        f"app.migrate <= {TARGET_RATIO}x floor",
+        f"app.head_check <= {TARGET_RATIO}x floor",
         ratio(fast, floor) <= TARGET_RATIO,
         f"{ratio(fast, floor):.2f}x ({fast.seconds * 1e3:.0f} ms vs {floor.seconds * 1e3:.0f} ms)",
     )

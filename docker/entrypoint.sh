@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # AniBridge container start-up.
 #
-# As root: make appuser:appgroup carry PUID:PGID, create and own the data
-# folders, upgrade the database schema as that user, then run the command as
-# that user. Started with --user (not root): only the upgrade and the command.
+# As root: make appuser:appgroup carry PUID:PGID, hand it the data folders (and
+# nothing else: the code in APP_DIR stays root's), upgrade the database schema
+# as that user, then run the command as that user. Started with --user (not
+# root): only the upgrade and the command, as that user.
+# The upgrade is `alembic upgrade head`, skipped when the fast stdlib-only check
+# `python -m app.head_check` finds the database already at head; either way the
+# service is then told not to upgrade again (it only checks the revision).
 # Nothing is ever deleted. A failed upgrade stops the container with the
 # upgrade's exit status, and the command is not run.
 set -euo pipefail
@@ -88,17 +92,24 @@ ensure_app_user() {
     fi
 }
 
-# Without CHOWN_RECURSIVE only the folder itself and the database's files change owner,
-# so a changed PUID never leaves the database unwritable.
+# A read-only DATA_DIR would make every later step fail with a less clear message.
+require_writable_data_dir() {
+    if [[ ! -w "$DATA_DIR" ]]; then
+        die 1 "DATA_DIR ${DATA_DIR} is read-only or not writable for uid ${EUID}: mount it read-write"
+    fi
+}
+
+# Without CHOWN_RECURSIVE only the folder itself, the database's files and the
+# backups change owner, so a changed PUID never leaves the database unwritable.
 own_data_dir() {
     local recursive="$1"
     if [[ "$recursive" == true ]]; then
-        log "giving ${DATA_DIR} (recursively) and ${APP_DIR} to ${PUID}:${PGID}"
-        chown -R "${PUID}:${PGID}" "$DATA_DIR" "$APP_DIR"
+        log "giving ${DATA_DIR} (recursively) to ${PUID}:${PGID}"
+        chown -R "${PUID}:${PGID}" "$DATA_DIR"
         return
     fi
-    log "giving ${DATA_DIR}, its database files and ${APP_DIR} to ${PUID}:${PGID}"
-    chown "${PUID}:${PGID}" "$DATA_DIR" "$APP_DIR"
+    log "giving ${DATA_DIR}, its database files and backups to ${PUID}:${PGID}"
+    chown "${PUID}:${PGID}" "$DATA_DIR"
     find "$DATA_DIR" -maxdepth 1 -name "${DATABASE_FILE_NAME}*" \
         -exec chown "${PUID}:${PGID}" {} +
     if [[ -d "${DATA_DIR}/backups" ]]; then
@@ -106,10 +117,21 @@ own_data_dir() {
     fi
 }
 
+# Creates a folder owned by the app user, with its parents: the ones created
+# here and the ones inside DATA_DIR become the user's, folders that already
+# existed outside DATA_DIR (/, /mnt...) keep their owner.
 ensure_owned_dir() {
-    local folder="$1"
-    mkdir -p "$folder"
-    chown "${PUID}:${PGID}" "$folder"
+    local folder="$1" parent
+    local owned=("$folder")
+    parent="$(dirname -- "$folder")"
+    while [[ "$parent" != / && "$parent" != . ]]; do
+        if [[ ! -e "$parent" || "$parent" == "$DATA_DIR"/* ]]; then
+            owned+=("$parent")
+        fi
+        parent="$(dirname -- "$parent")"
+    done
+    mkdir -p -- "$folder"
+    chown "${PUID}:${PGID}" -- "${owned[@]}"
 }
 
 prepare_as_root() {
@@ -120,6 +142,7 @@ prepare_as_root() {
     ensure_app_group
     ensure_app_user
     mkdir -p "$DATA_DIR"
+    require_writable_data_dir
     own_data_dir "$recursive"
     ensure_owned_dir "$DOWNLOAD_DIR"
     if [[ -n "$QBIT_PUBLIC_SAVE_PATH" ]]; then
@@ -136,28 +159,46 @@ as_app_user() {
     fi
 }
 
-# `anibridge restore FILE` replaces the database: upgrading the one it replaces first
-# is pointless, and fails for a database left by a newer release, the case restoring fixes.
-is_restore() {
-    [[ "$(basename -- "$1")" == anibridge && "${2:-}" == restore ]]
+# True when the command ("$2"...) is `anibridge SUBCOMMAND` ("$1"), by any path to anibridge.
+is_anibridge() {
+    [[ "$(basename -- "$2")" == anibridge && "${3:-}" == "$1" ]]
+}
+
+# Runs Python in APP_DIR as the app user (alembic.ini is found there).
+app_python() {
+    (cd "$APP_DIR" && as_app_user "$ANIBRIDGE_PYTHON" "$@")
+}
+
+upgrade_to_head() {
+    local revision status=0
+    if revision="$(app_python -m app.head_check)"; then
+        log "the database schema is at head (${revision}): nothing to upgrade"
+        return
+    fi
+    log "upgrading the database schema: alembic upgrade head"
+    app_python -m alembic upgrade head || status=$?
+    if ((status != 0)); then
+        die "$status" "the database upgrade failed (exit ${status}); the service was not started"
+    fi
 }
 
 migrate_database() {
-    local enabled status=0
+    local enabled
     enabled="$(parse_bool DB_MIGRATE_ON_STARTUP "${DB_MIGRATE_ON_STARTUP:-true}")"
     if [[ "$enabled" == false ]]; then
         log "DB_MIGRATE_ON_STARTUP=${DB_MIGRATE_ON_STARTUP}: not upgrading the database"
         return
     fi
-    if is_restore "$@"; then
-        log "restoring a backup: not upgrading the database first"
+    # `anibridge restore FILE` replaces the database: upgrading the one it replaces first
+    # is pointless, and fails for a database left by a newer release, the case restoring
+    # fixes. `anibridge migrate` is the upgrade itself.
+    if is_anibridge restore "$@" || is_anibridge migrate "$@"; then
+        log "running ${2}: not upgrading the database first"
         return
     fi
-    log "upgrading the database schema (python -m app.migrate)"
-    (cd "$APP_DIR" && as_app_user "$ANIBRIDGE_PYTHON" -m app.migrate) || status=$?
-    if ((status != 0)); then
-        die "$status" "the database upgrade failed (exit ${status}); the service was not started"
-    fi
+    upgrade_to_head
+    # The schema is at head: the service checks that and does not upgrade again.
+    export DB_MIGRATE_ON_STARTUP=false
 }
 
 main() {
@@ -169,6 +210,7 @@ main() {
     else
         log "running as uid ${EUID}, not root: skipping user and ownership setup"
         mkdir -p "$DATA_DIR"
+        require_writable_data_dir
     fi
     migrate_database "$@"
     log "starting: $*"

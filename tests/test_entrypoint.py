@@ -46,6 +46,7 @@ DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = REPO_ROOT / "docker" / "compose.yaml"
 BASELINE = "5cb5dab892ec"
 UNKNOWN_REVISION = "ffffffffffff"
+ALEMBIC_FAILURE_STATUS = 255  # the `alembic` command line's exit status for a CommandError
 APP_USER = "abtest_user"
 APP_GROUP = "abtest_group"
 OTHER_USER = "abtest_other"
@@ -318,12 +319,13 @@ def test_database_from_a_newer_release_stops_the_start_and_stays_untouched(
 
     result = container.start()
 
-    assert result.returncode == 1
+    assert result.returncode == ALEMBIC_FAILURE_STATUS
     assert "command ran" not in result.stdout
     assert digest(container.database) == before
-    naming_revision = [line for line in result.stderr.splitlines() if UNKNOWN_REVISION in line]
-    assert len(naming_revision) == 1, result.stderr
-    assert naming_revision[0].startswith("anibridge: error: the database is at revision")
+    output = result.stdout + result.stderr
+    naming_revision = [line for line in output.splitlines() if UNKNOWN_REVISION in line]
+    assert len(naming_revision) == 1, output
+    assert naming_revision[0].startswith("FAILED: the database is at revision")
     assert "Traceback" not in result.stderr
     assert "the service was not started" in result.stderr
     assert backups(container) == []

@@ -4,7 +4,7 @@
 These tests hold it to three promises: its heads are `ScriptDirectory.get_heads()`
 for every history shape it accepts; it says "at head" only when the full
 upgrade would find nothing to do (never from a stale view); and it stays on the
-standard library, so `python -m app.migrate` at head never imports SQLAlchemy.
+standard library, so `python -m app.head_check` never imports SQLAlchemy.
 """
 
 import fcntl
@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
-import app.migrate
 from app.config import DATABASE_FILE_NAME, ConfigError, ensure_data_dir, load_settings
 from app.db.upgrade import script_directory, upgrade_database
 from app.head_check import (
@@ -333,27 +332,6 @@ def test_postgres_is_left_to_the_full_path(data_dir: Path) -> None:
     assert database_at_head(env) is None
 
 
-@pytest.fixture
-def full_path_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    calls: list[str] = []
-    monkeypatch.setattr(app.migrate, "upgrade_to_head", lambda: calls.append("full") or 0)
-    yield calls
-
-
-def test_migrate_skips_the_full_path_only_at_head(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch, full_path_calls: list[str]
-) -> None:
-    for name in SETTING_SAMPLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("DATA_DIR", str(data_dir))
-    assert app.migrate.main() == 0
-    assert full_path_calls == []
-    execute(data_dir / DATABASE_FILE_NAME, "DELETE FROM alembic_version")
-    assert app.migrate.main() == 0
-    assert full_path_calls == ["full"]
-
-
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     clean = {key: value for key, value in os.environ.items() if key not in SETTING_SAMPLES}
     clean.pop("DATABASE_URL", None)
@@ -367,20 +345,19 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_migrate_at_head_imports_neither_sqlalchemy_nor_alembic(data_dir: Path) -> None:
+def test_command_prints_the_head_only_when_at_head(data_dir: Path) -> None:
     code = (
         "import sys\n"
-        "from app.migrate import main\n"
-        "assert main() == 0\n"
+        "from app.head_check import main\n"
+        "print(main())\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic')))\n"
     )
-    shown = run_python(code, DATA_DIR=str(data_dir))
-    assert shown.stdout.strip() == "[]"
-    assert (
-        shown.stderr == f"INFO [app.migrate] Database is up to date at revision {project_head()}\n"
-    )
-    quiet = run_python(code, DATA_DIR=str(data_dir), LOG_LEVEL="warning")
-    assert quiet.stderr == ""
+    at_head = run_python(code, DATA_DIR=str(data_dir))
+    assert at_head.stdout.splitlines() == [project_head(), "0", "[]"]
+    assert at_head.stderr == ""
+    execute(data_dir / DATABASE_FILE_NAME, "DELETE FROM alembic_version")
+    pending = run_python(code, DATA_DIR=str(data_dir))
+    assert pending.stdout.splitlines() == ["1", "[]"]
 
 
 def test_head_check_imports_only_the_standard_library() -> None:

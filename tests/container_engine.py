@@ -1,0 +1,172 @@
+"""A Docker engine and the app's image, for the container tests and the container benchmark.
+
+`start_engine` uses the engine at DOCKER_HOST (or the default socket) when one
+answers. Otherwise, as root, it starts a private `dockerd` with its own data
+root, socket and pid file under ENGINE_ROOT, without a bridge network or
+iptables rules: containers then share the host's network (`--network host`),
+and each one gets its own PORT. `Engine.stop` ends only a daemon it started,
+by its pid. The data root is kept between runs, so the base image and the
+build cache are reused.
+
+`build_app_image` builds `docker/Dockerfile`. When `python:3.11-slim` is
+neither present nor pullable (no registry reachable), it is first built from
+Debian packages by `docker/stand-in-base.sh`.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
+STAND_IN_BASE = REPO_ROOT / "docker" / "stand-in-base.sh"
+BASE_IMAGE = "python:3.11-slim"
+APP_IMAGE = "anibridge:test"
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+ENGINE_ROOT = Path(os.environ.get("ANIBRIDGE_DOCKER_ROOT", "/var/tmp/anibridge-docker"))
+ENGINE_START_TIMEOUT_S = 60
+BUILD_TIMEOUT_S = 900
+
+
+class DockerUnavailable(Exception):
+    """No Docker engine can be used or started here; the message says why."""
+
+
+class DockerCommandError(RuntimeError):
+    """A docker command failed; the message ends with the last lines it printed."""
+
+
+@dataclass
+class Engine:
+    """A Docker engine to run `docker` against, and the daemon if this process started it."""
+
+    host: str
+    daemon: subprocess.Popen | None = None
+
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """Run the docker command line against this engine; output captured as text."""
+        result = subprocess.run(
+            ["docker", *args],
+            env={**os.environ, "DOCKER_HOST": self.host},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            output = (result.stdout + result.stderr).strip().splitlines()
+            raise DockerCommandError(
+                f"docker {args[0]} exited {result.returncode}: " + "\n".join(output[-20:])
+            )
+        return result
+
+    def answers(self) -> bool:
+        try:
+            return self.docker("version", check=False, timeout=15).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self) -> None:
+        """Stop the daemon this process started (by its pid); leave any other one alone."""
+        if self.daemon is None or self.daemon.poll() is not None:
+            return
+        self.daemon.send_signal(signal.SIGTERM)
+        try:
+            self.daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            self.daemon.wait()
+
+
+def start_engine() -> Engine:
+    """An engine that answers: the configured one, else a private dockerd started here."""
+    if shutil.which("docker") is None:
+        raise DockerUnavailable("the docker command line is not installed (apt-get install docker.io)")
+    configured = Engine(os.environ.get("DOCKER_HOST", DEFAULT_HOST))
+    if configured.answers():
+        return configured
+    private = Engine(f"unix://{ENGINE_ROOT / 'docker.sock'}")
+    if private.answers():
+        return private
+    return start_private_daemon(private.host)
+
+
+def start_private_daemon(host: str) -> Engine:
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        raise DockerUnavailable("no Docker engine answers and dockerd is not installed")
+    if os.geteuid() != 0:
+        raise DockerUnavailable("no Docker engine answers, and starting dockerd needs root")
+    ENGINE_ROOT.mkdir(parents=True, exist_ok=True)
+    log_path = ENGINE_ROOT / "dockerd.log"
+    with log_path.open("ab") as log:
+        daemon = subprocess.Popen(
+            [
+                dockerd,
+                f"--data-root={ENGINE_ROOT / 'data'}",
+                f"--exec-root={ENGINE_ROOT / 'exec'}",
+                f"--pidfile={ENGINE_ROOT / 'dockerd.pid'}",
+                f"--host={host}",
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    engine = Engine(host, daemon)
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while not engine.answers():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            engine.stop()
+            raise DockerUnavailable(f"dockerd did not start: {last_line(log_path)}")
+        time.sleep(0.5)
+    return engine
+
+
+def last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"nothing in {path}"
+
+
+def ensure_base_image(engine: Engine) -> None:
+    """Have `python:3.11-slim`: already there, pulled, or else the Debian-built stand-in."""
+    if engine.docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0:
+        return
+    if engine.docker("pull", BASE_IMAGE, check=False, timeout=300).returncode == 0:
+        return
+    subprocess.run(
+        [str(STAND_IN_BASE), BASE_IMAGE],
+        env={**os.environ, "DOCKER_HOST": engine.host},
+        check=True,
+        timeout=BUILD_TIMEOUT_S,
+    )
+
+
+def build_app_image(engine: Engine, tag: str = APP_IMAGE) -> str:
+    """Build the app's image from this checkout (the build cache is used) and return its tag."""
+    ensure_base_image(engine)
+    engine.docker(
+        "build",
+        "--network=host",
+        f"--file={DOCKERFILE}",
+        f"--tag={tag}",
+        str(REPO_ROOT),
+        timeout=BUILD_TIMEOUT_S,
+    )
+    return tag
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (containers share the host's network)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
