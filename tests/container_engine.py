@@ -87,7 +87,9 @@ class Engine:
 def start_engine() -> Engine:
     """An engine that answers: the configured one, else a private dockerd started here."""
     if shutil.which("docker") is None:
-        raise DockerUnavailable("the docker command line is not installed (apt-get install docker.io)")
+        raise DockerUnavailable(
+            "the docker command line is not installed (apt-get install docker.io)"
+        )
     configured = Engine(os.environ.get("DOCKER_HOST", DEFAULT_HOST))
     if configured.answers():
         return configured
