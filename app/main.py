@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from app import migrate
+from app import app_version, migrate
 from app.api import mount_api
 from app.config import ConfigError, Settings, get_settings
 from app.db import crud
@@ -17,6 +17,7 @@ from app.db.backup import restore_backup
 from app.db.engine import make_engine
 from app.db.session import session_scope
 from app.db.upgrade import database_revision, require_database_at_head, upgrade_database
+from app.logs import configure_logging
 
 log = logging.getLogger("app")
 
@@ -59,11 +60,18 @@ app = create_app()
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="anibridge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="anibridge",
+        description="AniBridge: migrate the database if needed, then serve (the default), "
+        "or run one of the commands below. Settings come from the environment (see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {app_version()}")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="migrate the database if needed, then serve (default)")
     commands.add_parser("migrate", help="upgrade the database to head and exit")
@@ -74,9 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s [%(name)s] %(message)s"
-    )
+    configure_logging(settings.log_level)
     if args.command == "restore":
         if not settings.is_sqlite:
             raise ConfigError("DATABASE_URL: restore works on the SQLite database only")

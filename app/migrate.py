@@ -4,24 +4,33 @@ Runs the same safe upgrade as `alembic upgrade head` and exits 0 when the
 database is at head, 1 with one line on stderr when it cannot be.
 """
 
+import argparse
 import sys
-from collections.abc import Callable
-
-LOG_FORMAT = "%(levelname)s [%(name)s] %(message)s"
+from collections.abc import Callable, Sequence
 
 
-def main() -> int:
+def parse_args(argv: Sequence[str]) -> None:
+    """`--help` and bad arguments exit here, before anything is opened."""
+    argparse.ArgumentParser(
+        prog="python -m app.migrate",
+        description="Upgrade the configured database to head, as `alembic upgrade head` does; "
+        "exit 0 when it is at head, 1 with one line on stderr when it cannot be.",
+        epilog="Settings come from the environment (DATABASE_URL, DATA_DIR, ...; see README).",
+    ).parse_args(argv)
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parse_args(argv)
     return exit_code_of(run_full_upgrade)
 
 
 def run_full_upgrade() -> None:
-    import logging
-
     from app.config import get_settings
     from app.db.upgrade import upgrade_database
+    from app.logs import configure_logging
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(settings.log_level)
     upgrade_database(settings)
 
 
@@ -39,4 +48,4 @@ def exit_code_of(action: Callable[[], None]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

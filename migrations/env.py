@@ -1,7 +1,9 @@
 """Alembic environment: the URL comes from the app's settings, the metadata from app.db.
 
-Online runs go through `app.db.upgrade.guarded_migrations` (lock, single
-transaction, newer-database refusal, legacy adoption, backup); see there.
+Runs that move the database (upgrade, downgrade, stamp) go through
+`app.db.upgrade.guarded_migrations` (lock, single transaction, newer-database
+refusal, legacy adoption, backup); see there. Runs that only read (current,
+check, history) use a read-only connection and never wait for an upgrade.
 """
 
 from logging.config import fileConfig
@@ -12,7 +14,7 @@ from app.config import ConfigError, get_settings
 from app.db.autogen import process_revision_directives, render_item
 from app.db.connect import migration_connection
 from app.db.errors import MigrationError
-from app.db.upgrade import guarded_migrations
+from app.db.upgrade import guarded_migrations, read_only_run, writes_to_database
 
 config = context.config
 
@@ -69,10 +71,13 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     """Run the migrations on a handed-in connection, or on one opened from the settings."""
     settings = load_settings()
-    handed_in = config.attributes.get("connection")
+    writes = writes_to_database(context)
+    protections = guarded_migrations if writes else read_only_run
     with (
-        migration_connection(settings, handed_in) as connection,
-        guarded_migrations(context, connection, settings, **CONFIGURE_OPTIONS),
+        migration_connection(
+            settings, config.attributes.get("connection"), read_only=not writes
+        ) as connection,
+        protections(context, connection, settings, **CONFIGURE_OPTIONS),
     ):
         context.run_migrations()
 

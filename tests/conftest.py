@@ -1,9 +1,9 @@
 """Shared fixtures: databases on both engines, settings, and pytest-alembic wiring.
 
 PostgreSQL tests run against the server at TEST_DATABASE_URL (default: the
-local trust-auth server), each in an empty database that this run created and
-drops at its end. Without a server they are skipped, except under CI=true, where
-they fail.
+local trust-auth server's `postgres` database, which every server has), each in
+an empty database that this run created and drops at its end. Without a
+server they are skipped, except under CI=true, where they fail.
 """
 
 import os
@@ -21,7 +21,7 @@ from app.db.engine import make_engine
 from app.db.upgrade import alembic_config as make_alembic_config
 from tests.revision_data import rows_by_revision
 
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

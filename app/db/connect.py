@@ -1,7 +1,8 @@
 """Open the migration connection, turning every way that fails into one clear line.
 
 Checked before SQLite is asked to touch anything: the folder is writable, the
-file is readable and writable and really is a SQLite database. PostgreSQL is
+file is readable and writable (readable is enough for read-only commands) and
+really is a SQLite database. PostgreSQL is
 retried a bounded number of times (a database container may still be
 starting). No message repeats the URL's password.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.config import SQLITE_HEADER, Settings
 from app.db.engine import make_engine
@@ -25,22 +26,26 @@ from app.db.errors import DatabaseUnavailableError
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 1.0
+EMPTY_SQLITE = URL.create("sqlite")
 
 
-def check_sqlite_file(path: Path) -> None:
+def check_sqlite_file(path: Path, *, writable: bool = True) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise DatabaseUnavailableError(f"the folder {folder} of the database does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if writable and not os.access(folder, os.W_OK | os.X_OK):
         raise DatabaseUnavailableError(
             f"the data folder {folder} is not writable by user {os.getuid()}; "
             "fix its ownership (PUID/PGID) or mount it read-write"
         )
     if not path.exists():
         return
-    if not os.access(path, os.R_OK | os.W_OK):
+    access, needed = (
+        (os.R_OK | os.W_OK, "readable and writable") if writable else (os.R_OK, "readable")
+    )
+    if not os.access(path, access):
         raise DatabaseUnavailableError(
-            f"the database {path} is not readable and writable by user {os.getuid()}; "
+            f"the database {path} is not {needed} by user {os.getuid()}; "
             "fix its ownership (PUID/PGID) or permissions"
         )
     with path.open("rb") as handle:
@@ -60,14 +65,16 @@ def describe_failure(exc: DBAPIError, url: URL) -> str:
 
 
 @contextmanager
-def migration_connection(settings: Settings, handed_in: Any = None) -> Iterator[Connection]:
+def migration_connection(
+    settings: Settings, handed_in: Any = None, *, read_only: bool = False
+) -> Iterator[Connection]:
     """The connection env.py runs on: the caller's if one was handed in, else a new one.
 
     Callers hand in a Connection, or something with `connect()` (an Engine, or
     pytest-alembic's wrapper that hands back a connection it already holds).
     """
     if handed_in is None:
-        with connect_for_migrations(settings) as connection:
+        with connect_for_migrations(settings, read_only=read_only) as connection:
             yield connection
     elif isinstance(handed_in, Connection):
         yield handed_in
@@ -78,16 +85,35 @@ def migration_connection(settings: Settings, handed_in: Any = None) -> Iterator[
 
 @contextmanager
 def connect_for_migrations(settings: Settings, *, read_only: bool = False) -> Iterator[Connection]:
-    """A checked connection; `read_only` ones use the service engine, which takes no write lock."""
+    """A checked connection; `read_only` ones write nothing and take no write lock.
+
+    A SQLite file that does not exist yet reads as an empty database, and is
+    not created.
+    """
     url = settings.database_url
-    if url.get_backend_name() == "sqlite":
-        check_sqlite_file(Path(url.database))
-    engine = make_engine(url, for_migrations=not read_only)
+    if url.get_backend_name() == "sqlite" and read_only and not Path(url.database).exists():
+        engine = make_engine(EMPTY_SQLITE)
+    else:
+        if url.get_backend_name() == "sqlite":
+            check_sqlite_file(Path(url.database), writable=not read_only)
+        engine = make_engine(url, for_migrations=not read_only, read_only=read_only)
     try:
         with _connect_with_retries(engine, url, settings.connect_retries) as connection:
             yield connection
+    except OperationalError as exc:
+        if read_only and is_lock_conflict(exc):
+            raise DatabaseUnavailableError(
+                f"the database {url.render_as_string(hide_password=True)} is locked by an "
+                "upgrade that is changing it; try again when the upgrade has finished"
+            ) from None
+        raise
     finally:
         engine.dispose()
+
+
+def is_lock_conflict(exc: OperationalError) -> bool:
+    """SQLite's busy file, or PostgreSQL's lock_timeout (SQLSTATE 55P03)."""
+    return "database is locked" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "55P03"
 
 
 def _probe(connection: Connection) -> None:

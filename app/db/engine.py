@@ -9,17 +9,34 @@ Both dialects go through `make_engine`. The migration flavour differs on SQLite:
 * Foreign keys are off: a batch-mode table rebuild drops and recreates the
   table, which with foreign keys on would cascade-delete child rows. The
   upgrade checks `PRAGMA foreign_key_check` before it commits instead.
+
+The read-only flavour serves commands that only look (`alembic current`,
+`check`, `anibridge status`): SQLite opens the file with `mode=ro`, PostgreSQL
+sessions are read-only, and neither waits more than a second on a lock an
+upgrade holds.
 """
 
-from sqlalchemy import Engine, create_engine, event
+import logging
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+log = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_S = 30
+READ_ONLY_LOCK_WAIT_S = 1
 POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_READ_ONLY_OPTIONS = (
+    f"-c default_transaction_read_only=on -c lock_timeout={READ_ONLY_LOCK_WAIT_S * 1000}"
+)
 
 
-def make_engine(url: URL, *, for_migrations: bool = False) -> Engine:
+def make_engine(url: URL, *, for_migrations: bool = False, read_only: bool = False) -> Engine:
+    if read_only:
+        return _make_read_only_engine(url)
     if url.get_backend_name() == "sqlite":
         return _make_sqlite_engine(url, for_migrations=for_migrations)
     return create_engine(
@@ -27,6 +44,24 @@ def make_engine(url: URL, *, for_migrations: bool = False) -> Engine:
         pool_pre_ping=True,
         connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
         poolclass=NullPool if for_migrations else None,
+    )
+
+
+def _make_read_only_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        read_only_file = Path(url.database).resolve().as_uri() + "?mode=ro"
+        return create_engine(
+            url.set(database=read_only_file, query={"uri": "true"}),
+            connect_args={"timeout": READ_ONLY_LOCK_WAIT_S},
+            poolclass=NullPool,
+        )
+    return create_engine(
+        url,
+        connect_args={
+            "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+            "options": POSTGRES_READ_ONLY_OPTIONS,
+        },
+        poolclass=NullPool,
     )
 
 
@@ -51,6 +86,30 @@ def _make_sqlite_engine(url: URL, *, for_migrations: bool) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            begin_immediate_saying_when_it_waits(connection, url.database)
 
     return engine
+
+
+def begin_immediate_saying_when_it_waits(connection: Connection, database: str) -> None:
+    """`BEGIN IMMEDIATE`; when another connection is writing, log that before waiting for it.
+
+    The first attempt does not wait (busy timeout 0); only a busy file leads to
+    the log line and the second, waiting attempt.
+    """
+    driver_connection = connection.connection.driver_connection
+    driver_connection.execute("PRAGMA busy_timeout = 0")
+    try:
+        driver_connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        log.info(
+            "Waiting for the SQLite file %s: another connection is writing to it (up to %d s)",
+            database,
+            SQLITE_BUSY_TIMEOUT_S,
+        )
+        driver_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    finally:
+        driver_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")

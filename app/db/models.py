@@ -2,7 +2,7 @@
 
 `Job`, `EpisodeAvailability` and `ClientTask` match, column for column, the
 schema the last release created with `create_all` (see
-tests/fixtures/legacy/multi_site.sql). Defaults are Python-side, as they were
+app/db/legacy/multi_site.sql). Defaults are Python-side, as they were
 then. `StrmUrlMapping` is dormant: the table exists, nothing uses it yet.
 
 Import `metadata` from here (not from app.db.metadata) wherever the tables

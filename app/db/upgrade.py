@@ -1,13 +1,15 @@
 """The safe upgrade: what `migrations/env.py` wraps around every online run.
 
-One function, `guarded_migrations`, turns Alembic's plain run into:
+Runs that only read (`alembic current`, `check`, `history`) take none of this:
+`writes_to_database` tells them apart, and env.py runs them on a read-only
+connection. For the others, `guarded_migrations` turns Alembic's plain run into:
 
 1. the upgrade lock (concurrent starters queue, then find nothing to do);
 2. one transaction around everything (all or nothing, on SQLite too);
 3. a refusal when the database is at a revision this code does not know;
-4. for `upgrade`: adoption of unversioned databases and, on SQLite, a backup
-   before the first change; a downgrade, which may drop tables and their rows,
-   is backed up too;
+4. adoption of unversioned databases when the run goes up and, on SQLite, a
+   backup before the first change (a downgrade, which may drop tables and
+   their rows, is backed up too);
 5. after the revisions ran: a foreign-key check on SQLite, then commit.
 
 `upgrade_database` is the in-process entry point used at start-up and by the
@@ -17,7 +19,7 @@ run the same env.py.
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +30,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, text
 
+from app import app_version
 from app.config import Settings
 from app.db.adoption import (
     adopt_legacy_database,
@@ -40,6 +45,7 @@ from app.db.backup import backup_database
 from app.db.connect import connect_for_migrations
 from app.db.errors import DatabaseNewerThanCodeError, MigrationError
 from app.db.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
+from app.db.progress import RevisionHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +54,12 @@ ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 
 
 @dataclass(frozen=True)
-class UpgradePlan:
-    command: str
+class RunPlan:
+    """Where a writing run starts, where it goes, and which way."""
+
     current: tuple[str, ...]
-    destination: str | None
+    direction: str
+    revisions: tuple[str, ...]
 
 
 def alembic_config(
@@ -80,35 +88,83 @@ def current_heads(connection: Connection) -> tuple[str, ...]:
     return MigrationContext.configure(connection).get_current_heads()
 
 
-def running_command(migration_context: MigrationContext) -> str:
-    """Which Alembic command started this run (`upgrade`, `downgrade`, `do_stamp`, ...).
+def writes_to_database(env: EnvironmentContext) -> bool:
+    """Whether this run moves the database to a destination revision.
 
-    Alembic passes the command's step function as the `fn` option; its name is
-    the only place the command shows inside env.py for CLI and in-process runs alike.
+    `upgrade`, `downgrade` and `stamp` give Alembic a destination (`base`
+    included, which reads back as None); the reading commands (`current`,
+    `check`, `history`, `show`) give none, and `get_revision_argument` then has
+    no destination to look up. No command or function name is involved.
     """
-    return getattr(migration_context.opts.get("fn"), "__name__", "")
+    try:
+        env.get_revision_argument()
+    except KeyError:
+        return False
+    return True
+
+
+def revisions_between(script: ScriptDirectory, upper, lower, **options: Any) -> list:
+    """The revisions Alembic walks from `lower` to `upper`; none when it cannot walk that way."""
+    try:
+        return list(script.iterate_revisions(upper, lower, **options))
+    except (CommandError, RevisionError):
+        return []
+
+
+def plan_run(script: ScriptDirectory, current: tuple[str, ...], destination) -> RunPlan:
+    """Which way the destination lies from `current`, and the revisions on the way, in order.
+
+    `destination` is what `get_revision_argument` gives: a revision, a relative
+    one (`-1`, `+2`), None for base, or a tuple (`heads`, a stamp's targets).
+    """
+    if isinstance(destination, tuple) and len(destination) == 1:
+        (destination,) = destination
+    ahead = revisions_between(script, destination, current)
+    if ahead:
+        return RunPlan(current, "upgrade", tuple(rev.revision for rev in reversed(ahead)))
+    behind = []
+    if not isinstance(destination, tuple):
+        behind = revisions_between(script, current, destination, select_for_downgrade=True)
+    direction = "downgrade" if behind else "none"
+    return RunPlan(current, direction, tuple(rev.revision for rev in behind))
+
+
+def unknown_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> list[str]:
+    known = {rev.revision for rev in script.walk_revisions()}
+    return [head for head in heads if head not in known]
+
+
+def newer_database_message(unknown: list[str]) -> str:
+    return (
+        f"the database is at revision {', '.join(unknown)}, which AniBridge {app_version()} "
+        "does not know: a newer release upgraded it; run that release (or newer), or "
+        "restore the backup taken before that upgrade (DATA_DIR/backups)"
+    )
 
 
 def refuse_unknown_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> None:
-    known = {rev.revision for rev in script.walk_revisions()}
-    unknown = [head for head in heads if head not in known]
+    unknown = unknown_revisions(script, heads)
     if unknown:
-        raise DatabaseNewerThanCodeError(
-            f"the database is at revision {', '.join(unknown)}, which this release does not "
-            "know: it was upgraded by a newer release; run that release (or newer), or "
-            "restore the backup taken before that upgrade (DATA_DIR/backups)"
-        )
-
-
-def pending_upgrade_steps(script: ScriptDirectory, plan: UpgradePlan) -> int:
-    if plan.destination is None:
-        return 0
-    return len(script._upgrade_revs(plan.destination, plan.current))
+        raise DatabaseNewerThanCodeError(newer_database_message(unknown))
 
 
 def own_transaction(connection: Connection) -> AbstractContextManager:
     """Begin the transaction, unless the caller handed in a connection already inside one."""
     return nullcontext() if connection.in_transaction() else connection.begin()
+
+
+@contextmanager
+def read_only_run(
+    env: EnvironmentContext, connection: Connection, settings: Settings, **options: Any
+) -> Iterator[None]:
+    """Configure `env` for a run that only reads: no lock, nothing written, no waiting.
+
+    A revision this release does not know is reported as the writing runs
+    report it: Alembic's own commands could only say they cannot locate it.
+    """
+    env.configure(connection=connection, **options)
+    refuse_unknown_revisions(env.script, env.get_context().get_current_heads())
+    yield
 
 
 @contextmanager
@@ -119,43 +175,50 @@ def guarded_migrations(
     timeout = settings.migration_lock_timeout
     with sqlite_upgrade_lock(connection, timeout), own_transaction(connection):
         take_postgres_upgrade_lock(connection, timeout)
-        timer = RevisionTimer()
-        env.configure(connection=connection, on_version_apply=timer, **options)
-        migration_context = env.get_context()
-        plan = UpgradePlan(
-            running_command(migration_context),
-            migration_context.get_current_heads(),
-            migration_context.opts.get("destination_rev"),
+        timer, heartbeat = RevisionTimer(), RevisionHeartbeat()
+        env.configure(connection=connection, on_version_apply=each_of(timer, heartbeat), **options)
+        current = env.get_context().get_current_heads()
+        refuse_unknown_revisions(env.script, current)
+        destination = env.get_revision_argument()
+        plan = prepare_run(
+            env.script, connection, plan_run(env.script, current, destination), settings
         )
-        if plan.command != "do_stamp":
-            refuse_unknown_revisions(env.script, plan.current)
-        if plan.command == "upgrade":
-            prepare_upgrade(env.script, connection, plan, settings)
-        elif plan.command == "downgrade" and plan.current:
-            backup_if_sqlite(connection, plan.current[0], settings)
         timer.restart()
-        yield
+        with heartbeat.running_revisions(plan.revisions):
+            yield
         if connection.dialect.name == "sqlite":
             require_foreign_keys_intact(connection)
 
 
-def prepare_upgrade(
-    script: ScriptDirectory, connection: Connection, plan: UpgradePlan, settings: Settings
-) -> None:
+def prepare_run(
+    script: ScriptDirectory, connection: Connection, plan: RunPlan, settings: Settings
+) -> RunPlan:
     """Adopt a legacy database, log the starting point, and back up if anything will change.
 
     An unversioned database is recognised before the backup: one that is refused
-    leaves no backup behind to push older ones out.
+    leaves no backup behind to push older ones out. Returns the plan left to run
+    (without the baseline, when adoption stamped it).
     """
-    if has_unversioned_app_tables(connection, plan.current):
+    if plan.direction == "upgrade" and has_unversioned_app_tables(connection, plan.current):
         known = recognise_unversioned_database(connection, script)
         backup_if_sqlite(connection, None, settings)
         adopted = adopt_legacy_database(connection, script, known)
-        plan = UpgradePlan(plan.command, (adopted,), plan.destination)
-    elif plan.current and pending_upgrade_steps(script, plan):
+        plan = RunPlan((adopted,), plan.direction, plan.revisions[1:])
+    elif plan.current and plan.revisions:
         backup_if_sqlite(connection, plan.current[0], settings)
-    if not pending_upgrade_steps(script, plan):
+    if not plan.revisions:
         log.info("Database is up to date at revision %s", ", ".join(plan.current) or "base")
+    return plan
+
+
+def each_of(*callbacks: Callable[..., None]) -> Callable[..., None]:
+    """One `on_version_apply` callback that calls each of `callbacks` in turn."""
+
+    def on_version_apply(**kwargs: Any) -> None:
+        for callback in callbacks:
+            callback(**kwargs)
+
+    return on_version_apply
 
 
 def backup_if_sqlite(connection: Connection, revision: str | None, settings: Settings) -> None:
