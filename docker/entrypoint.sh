@@ -25,7 +25,7 @@ PUID="${PUID:-1000}"
 PGID="${PGID:-1000}"
 
 log() {
-    printf '[entrypoint] %s\n' "$*" >&2
+    printf '%s [entrypoint] %s\n' "$(date +%Y-%m-%dT%H:%M:%S%z)" "$*" >&2
 }
 
 die() {
