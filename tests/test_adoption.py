@@ -27,6 +27,13 @@ from app.db.errors import UnknownSchemaError
 from app.db.schema_shape import TableShape, describe_schema
 from app.db.upgrade import current_heads, upgrade_database
 from tests.conftest import settings_for
+from tests.faults import (
+    InjectedRevision,
+    copy_project,
+    inject_revisions,
+    run_upgrade,
+    upgrade_environment,
+)
 from tests.legacy_data import (
     BASELINE,
     HEAD,
@@ -460,3 +467,228 @@ def test_unknown_postgres_schema_is_refused_with_nothing_changed(
     after = postgres_state(postgres_url)
     assert after == before
     assert "alembic_version" not in after.tables
+
+
+# --- what users add to their files -------------------------------------------
+
+VIEWS = {
+    "completed_jobs": "SELECT id, status, created_at FROM job WHERE status = 'completed'",
+    "available_episodes": (
+        "SELECT slug, season, episode, language FROM episodeavailability WHERE available"
+    ),
+    "tasks_with_jobs": (
+        "SELECT clienttask.hash, job.status FROM clienttask JOIN job ON job.id = clienttask.job_id"
+    ),
+}
+TRIGGERS = {
+    "job_status_stamp": (
+        "CREATE TRIGGER job_status_stamp AFTER UPDATE OF status ON job "
+        "BEGIN UPDATE job SET message = 'status changed' WHERE id = NEW.id; END"
+    ),
+    "availability_probe_stamp": (
+        "CREATE TRIGGER availability_probe_stamp AFTER UPDATE OF available ON episodeavailability "
+        "BEGIN UPDATE episodeavailability SET provider = 'trigger' WHERE rowid = NEW.rowid; END"
+    ),
+}
+
+
+def add_views(connection: sqlite3.Connection) -> None:
+    for name, select in VIEWS.items():
+        connection.execute(f"CREATE VIEW {name} AS {select}")
+
+
+def add_triggers(connection: sqlite3.Connection) -> None:
+    for statement in TRIGGERS.values():
+        connection.execute(statement)
+
+
+def add_statistics(connection: sqlite3.Connection) -> None:
+    connection.execute("ANALYZE")
+
+
+USER_ADDITIONS = {"views": add_views, "triggers": add_triggers, "analyze": add_statistics}
+
+
+def add_to_release_file(database: Path, additions: list[str]) -> None:
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        for addition in additions:
+            USER_ADDITIONS[addition](connection)
+    finally:
+        connection.close()
+
+
+def leave_in_write_ahead_log(database: Path, additions: list[str]) -> None:
+    """Switch the file to WAL and leave `additions` in a -wal file no checkpoint has copied back.
+
+    The database is changed in a scratch copy whose connection stays open while
+    the file and its -wal are copied into place, as a killed process leaves them.
+    """
+    scratch = database.parent / "scratch" / database.name
+    scratch.parent.mkdir()
+    shutil.copyfile(database, scratch)
+    connection = sqlite3.connect(scratch, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
+        for addition in additions:
+            USER_ADDITIONS[addition](connection)
+        for suffix in ("", "-wal"):
+            shutil.copyfile(f"{scratch}{suffix}", f"{database}{suffix}")
+    finally:
+        connection.close()
+        shutil.rmtree(scratch.parent)
+
+
+def view_counts(database: Path) -> dict[str, int]:
+    connection = sqlite3.connect(database)
+    try:
+        return {
+            name: connection.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in VIEWS
+        }
+    finally:
+        connection.close()
+
+
+def assert_triggers_fire(database: Path) -> None:
+    connection = sqlite3.connect(database)
+    try:
+        job_id, status = connection.execute("SELECT id, status FROM job LIMIT 1").fetchone()
+        connection.execute("UPDATE job SET status = ? WHERE id = ?", (status + "!", job_id))
+        message = connection.execute("SELECT message FROM job WHERE id = ?", (job_id,)).fetchone()
+        connection.execute("UPDATE episodeavailability SET available = NOT available")
+        providers = connection.execute(
+            "SELECT DISTINCT provider FROM episodeavailability"
+        ).fetchall()
+        connection.rollback()
+    finally:
+        connection.close()
+    assert message == ("status changed",)
+    assert providers == [("trigger",)]
+
+
+VARIANTS = {
+    "analyze": (["analyze"], False),
+    "views": (["views"], False),
+    "triggers": (["triggers"], False),
+    "wal with views, triggers and statistics": (["views", "triggers", "analyze"], True),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", RELEASE_FILES)
+def test_release_file_with_user_additions_is_adopted_and_they_keep_working(
+    name: str, variant: str, tmp_path: Path, upgrade: Upgrader
+) -> None:
+    database = copy_release(name, tmp_path)
+    additions, in_wal = VARIANTS[variant]
+    (leave_in_write_ahead_log if in_wal else add_to_release_file)(database, additions)
+    columns = released_columns(name)
+    views_before = view_counts(database) if "views" in additions else None
+
+    upgrade(tmp_path)
+
+    assert sqlite_revision(database) == HEAD
+    assert release_row_checksums(database, columns) == RELEASE_CHECKSUMS[name]
+    assert release_definitions(database) == multi_site_definitions()
+    assert user_objects(database) == user_objects_expected(additions)
+    if views_before is not None:
+        assert view_counts(database) == views_before
+    if "triggers" in additions:
+        assert_triggers_fire(database)
+    if "analyze" in additions:
+        assert "sqlite_stat1" in sqlite_table_names(database)
+
+
+def user_objects(database: Path) -> set[tuple[str, str]]:
+    connection = sqlite3.connect(database)
+    try:
+        return set(
+            connection.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger')"
+            )
+        )
+    finally:
+        connection.close()
+
+
+def user_objects_expected(additions: list[str]) -> set[tuple[str, str]]:
+    views = {("view", name) for name in VIEWS} if "views" in additions else set()
+    triggers = {("trigger", name) for name in TRIGGERS} if "triggers" in additions else set()
+    return views | triggers
+
+
+def batch_rebuild_of_job(revision: str, *changes: str) -> InjectedRevision:
+    """A later revision that makes SQLite rebuild `job` (Alembic's batch mode, as autogenerate)."""
+    body = "".join(f"        batch_op.{change}\n" for change in changes)
+    return InjectedRevision(
+        revision,
+        HEAD,
+        "Rebuild job in batch mode",
+        f'    with op.batch_alter_table("job", recreate="always") as batch_op:\n{body}',
+    )
+
+
+@pytest.mark.parametrize("name", RELEASE_FILES)
+def test_later_batch_rebuild_keeps_user_views_and_triggers_working(
+    name: str, tmp_path: Path
+) -> None:
+    project = copy_project(tmp_path / "project")
+    inject_revisions(
+        project, [batch_rebuild_of_job("a1b2c3d4e5f6", 'alter_column("message", type_=sa.Text())')]
+    )
+    database = copy_release(name, tmp_path / "data")
+    add_to_release_file(database, ["views", "triggers"])
+    views_before = view_counts(database)
+
+    outcome = run_upgrade(
+        project, upgrade_environment(project, sqlite_url(tmp_path / "data"), tmp_path / "data")
+    )
+
+    assert outcome.returncode == 0, outcome.output
+    assert "Running upgrade bd4dbe993fef -> a1b2c3d4e5f6" in outcome.output
+    assert sqlite_revision(database) == "a1b2c3d4e5f6"
+    assert release_row_checksums(database, released_columns(name)) == RELEASE_CHECKSUMS[name]
+    assert user_objects(database) == user_objects_expected(["views", "triggers"])
+    assert view_counts(database) == views_before
+    assert_triggers_fire(database)
+
+
+def test_revision_that_breaks_a_user_view_is_rolled_back_with_one_line(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    inject_revisions(
+        project,
+        [
+            batch_rebuild_of_job(
+                "a1b2c3d4e5f6", 'drop_index("ix_job_status")', 'drop_column("status")'
+            )
+        ],
+    )
+    database = copy_release("v1.16.1.db", tmp_path / "data")
+    add_to_release_file(database, ["views"])
+    checksum = sha256_of(database)
+    environ = upgrade_environment(project, sqlite_url(tmp_path / "data"), tmp_path / "data")
+
+    outcome = run_upgrade(project, environ)
+
+    assert outcome.returncode != 0
+    assert "Traceback" not in outcome.output, outcome.output
+    (line,) = [line for line in outcome.output.splitlines() if "FAILED" in line]
+    assert "view completed_jobs" in line and "no such column: status" in line
+    assert "the upgrade was rolled back" in line and "Nothing was changed" not in line
+    assert sha256_of(database) == checksum
+
+
+def test_view_that_does_not_work_is_refused_before_any_backup(tmp_path: Path) -> None:
+    database = copy_release("v1.16.1.db", tmp_path)
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE VIEW broken AS SELECT no_such_column FROM job")
+    connection.commit()
+    connection.close()
+    checksum = sha256_of(database)
+
+    line = failure_line(python_migrate(command_environment(tmp_path)), "no such column")
+
+    assert "view broken" in line and "nothing was changed" in line
+    assert sha256_of(database) == checksum
+    assert backup_files(tmp_path) == []

@@ -10,7 +10,9 @@ connection. For the others, `guarded_migrations` turns Alembic's plain run into:
 4. adoption of unversioned databases when the run goes up and, on SQLite, a
    backup before the first change (a downgrade, which may drop tables and
    their rows, is backed up too);
-5. after the revisions ran: a foreign-key check on SQLite, then commit.
+5. on SQLite, the user's views and triggers set aside while revisions run
+   (a batch-mode table rebuild fails on them otherwise; see app.db.user_objects);
+6. after the revisions ran: a foreign-key check on SQLite, then commit.
 
 `upgrade_database` is the in-process entry point used at start-up and by the
 `anibridge migrate` command; it hands its connection to Alembic so both paths
@@ -46,6 +48,7 @@ from app.db.connect import connect_for_migrations
 from app.db.errors import DatabaseNewerThanCodeError, MigrationError
 from app.db.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
 from app.db.progress import RevisionHeartbeat
+from app.db.user_objects import views_and_triggers_set_aside
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +187,8 @@ def guarded_migrations(
             env.script, connection, plan_run(env.script, current, destination), settings
         )
         timer.restart()
-        with heartbeat.running_revisions(plan.revisions):
+        set_aside = views_and_triggers_set_aside(connection) if plan.revisions else nullcontext()
+        with set_aside, heartbeat.running_revisions(plan.revisions):
             yield
         if connection.dialect.name == "sqlite":
             require_foreign_keys_intact(connection)
