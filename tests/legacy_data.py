@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 from datetime import UTC, datetime, timedelta, timezone
@@ -395,3 +396,127 @@ def failure_line(result: subprocess.CompletedProcess, marker: str) -> str:
     lines = [line for line in output.splitlines() if marker in line]
     assert len(lines) == 1, output
     return lines[0]
+
+
+# --- what users add to release files -------------------------------------------
+
+VIEWS = {
+    "completed_jobs": "SELECT id, status, created_at FROM job WHERE status = 'completed'",
+    "available_episodes": (
+        "SELECT slug, season, episode, language FROM episodeavailability WHERE available"
+    ),
+    "tasks_with_jobs": (
+        "SELECT clienttask.hash, job.status FROM clienttask JOIN job ON job.id = clienttask.job_id"
+    ),
+}
+TRIGGERS = {
+    "job_status_stamp": (
+        "CREATE TRIGGER job_status_stamp AFTER UPDATE OF status ON job "
+        "BEGIN UPDATE job SET message = 'status changed' WHERE id = NEW.id; END"
+    ),
+    "availability_probe_stamp": (
+        "CREATE TRIGGER availability_probe_stamp AFTER UPDATE OF available ON episodeavailability "
+        "BEGIN UPDATE episodeavailability SET provider = 'trigger' WHERE rowid = NEW.rowid; END"
+    ),
+}
+
+
+def add_views(connection: sqlite3.Connection) -> None:
+    for name, select in VIEWS.items():
+        connection.execute(f"CREATE VIEW {name} AS {select}")
+
+
+def add_triggers(connection: sqlite3.Connection) -> None:
+    for statement in TRIGGERS.values():
+        connection.execute(statement)
+
+
+def add_statistics(connection: sqlite3.Connection) -> None:
+    connection.execute("ANALYZE")
+
+
+USER_ADDITIONS = {"views": add_views, "triggers": add_triggers, "analyze": add_statistics}
+
+
+def add_to_release_file(database: Path, additions: list[str]) -> None:
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        for addition in additions:
+            USER_ADDITIONS[addition](connection)
+    finally:
+        connection.close()
+
+
+def leave_in_write_ahead_log(database: Path, additions: list[str]) -> None:
+    """Switch the file to WAL and leave `additions` in a -wal file no checkpoint has copied back.
+
+    The database is changed in a scratch copy whose connection stays open while
+    the file and its -wal are copied into place, as a killed process leaves them.
+    """
+    scratch = database.parent / "scratch" / database.name
+    scratch.parent.mkdir()
+    shutil.copyfile(database, scratch)
+    connection = sqlite3.connect(scratch, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
+        for addition in additions:
+            USER_ADDITIONS[addition](connection)
+        for suffix in ("", "-wal"):
+            shutil.copyfile(f"{scratch}{suffix}", f"{database}{suffix}")
+    finally:
+        connection.close()
+        shutil.rmtree(scratch.parent)
+
+
+def view_counts(database: Path) -> dict[str, int]:
+    connection = sqlite3.connect(database)
+    try:
+        return {
+            name: connection.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in VIEWS
+        }
+    finally:
+        connection.close()
+
+
+def assert_triggers_fire(database: Path) -> None:
+    connection = sqlite3.connect(database)
+    try:
+        job_id, status = connection.execute("SELECT id, status FROM job LIMIT 1").fetchone()
+        connection.execute("UPDATE job SET status = ? WHERE id = ?", (status + "!", job_id))
+        message = connection.execute("SELECT message FROM job WHERE id = ?", (job_id,)).fetchone()
+        connection.execute("UPDATE episodeavailability SET available = NOT available")
+        providers = connection.execute(
+            "SELECT DISTINCT provider FROM episodeavailability"
+        ).fetchall()
+        connection.rollback()
+    finally:
+        connection.close()
+    assert message == ("status changed",)
+    assert providers == [("trigger",)]
+
+
+def user_objects(database: Path) -> set[tuple[str, str]]:
+    connection = sqlite3.connect(database)
+    try:
+        return set(
+            connection.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger')"
+            )
+        )
+    finally:
+        connection.close()
+
+
+def user_objects_expected(additions: list[str]) -> set[tuple[str, str]]:
+    views = {("view", name) for name in VIEWS} if "views" in additions else set()
+    triggers = {("trigger", name) for name in TRIGGERS} if "triggers" in additions else set()
+    return views | triggers
+
+
+def analysed_tables(database: Path) -> set[str]:
+    connection = sqlite3.connect(database)
+    try:
+        return {table for (table,) in connection.execute("SELECT tbl FROM sqlite_stat1")}
+    finally:
+        connection.close()

@@ -49,13 +49,17 @@ from tests.legacy_data import (
     SITES,
     TASK_STATES,
     VENV_BIN,
+    add_to_release_file,
     alembic_upgrade_head,
+    analysed_tables,
+    assert_triggers_fire,
     command_environment,
     create_legacy_postgres,
     create_legacy_sqlite,
     dump_rows,
     dump_sqlite_rows,
     failure_line,
+    leave_in_write_ahead_log,
     legacy_rows,
     legacy_sql,
     python_migrate,
@@ -67,6 +71,9 @@ from tests.legacy_data import (
     sqlite_file_engine,
     sqlite_revision,
     sqlite_table_names,
+    user_objects,
+    user_objects_expected,
+    view_counts,
     with_legacy_site,
 )
 
@@ -471,102 +478,6 @@ def test_unknown_postgres_schema_is_refused_with_nothing_changed(
 
 # --- what users add to their files -------------------------------------------
 
-VIEWS = {
-    "completed_jobs": "SELECT id, status, created_at FROM job WHERE status = 'completed'",
-    "available_episodes": (
-        "SELECT slug, season, episode, language FROM episodeavailability WHERE available"
-    ),
-    "tasks_with_jobs": (
-        "SELECT clienttask.hash, job.status FROM clienttask JOIN job ON job.id = clienttask.job_id"
-    ),
-}
-TRIGGERS = {
-    "job_status_stamp": (
-        "CREATE TRIGGER job_status_stamp AFTER UPDATE OF status ON job "
-        "BEGIN UPDATE job SET message = 'status changed' WHERE id = NEW.id; END"
-    ),
-    "availability_probe_stamp": (
-        "CREATE TRIGGER availability_probe_stamp AFTER UPDATE OF available ON episodeavailability "
-        "BEGIN UPDATE episodeavailability SET provider = 'trigger' WHERE rowid = NEW.rowid; END"
-    ),
-}
-
-
-def add_views(connection: sqlite3.Connection) -> None:
-    for name, select in VIEWS.items():
-        connection.execute(f"CREATE VIEW {name} AS {select}")
-
-
-def add_triggers(connection: sqlite3.Connection) -> None:
-    for statement in TRIGGERS.values():
-        connection.execute(statement)
-
-
-def add_statistics(connection: sqlite3.Connection) -> None:
-    connection.execute("ANALYZE")
-
-
-USER_ADDITIONS = {"views": add_views, "triggers": add_triggers, "analyze": add_statistics}
-
-
-def add_to_release_file(database: Path, additions: list[str]) -> None:
-    connection = sqlite3.connect(database, isolation_level=None)
-    try:
-        for addition in additions:
-            USER_ADDITIONS[addition](connection)
-    finally:
-        connection.close()
-
-
-def leave_in_write_ahead_log(database: Path, additions: list[str]) -> None:
-    """Switch the file to WAL and leave `additions` in a -wal file no checkpoint has copied back.
-
-    The database is changed in a scratch copy whose connection stays open while
-    the file and its -wal are copied into place, as a killed process leaves them.
-    """
-    scratch = database.parent / "scratch" / database.name
-    scratch.parent.mkdir()
-    shutil.copyfile(database, scratch)
-    connection = sqlite3.connect(scratch, isolation_level=None)
-    try:
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA wal_autocheckpoint = 0")
-        for addition in additions:
-            USER_ADDITIONS[addition](connection)
-        for suffix in ("", "-wal"):
-            shutil.copyfile(f"{scratch}{suffix}", f"{database}{suffix}")
-    finally:
-        connection.close()
-        shutil.rmtree(scratch.parent)
-
-
-def view_counts(database: Path) -> dict[str, int]:
-    connection = sqlite3.connect(database)
-    try:
-        return {
-            name: connection.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in VIEWS
-        }
-    finally:
-        connection.close()
-
-
-def assert_triggers_fire(database: Path) -> None:
-    connection = sqlite3.connect(database)
-    try:
-        job_id, status = connection.execute("SELECT id, status FROM job LIMIT 1").fetchone()
-        connection.execute("UPDATE job SET status = ? WHERE id = ?", (status + "!", job_id))
-        message = connection.execute("SELECT message FROM job WHERE id = ?", (job_id,)).fetchone()
-        connection.execute("UPDATE episodeavailability SET available = NOT available")
-        providers = connection.execute(
-            "SELECT DISTINCT provider FROM episodeavailability"
-        ).fetchall()
-        connection.rollback()
-    finally:
-        connection.close()
-    assert message == ("status changed",)
-    assert providers == [("trigger",)]
-
-
 VARIANTS = {
     "analyze": (["analyze"], False),
     "views": (["views"], False),
@@ -597,25 +508,7 @@ def test_release_file_with_user_additions_is_adopted_and_they_keep_working(
     if "triggers" in additions:
         assert_triggers_fire(database)
     if "analyze" in additions:
-        assert "sqlite_stat1" in sqlite_table_names(database)
-
-
-def user_objects(database: Path) -> set[tuple[str, str]]:
-    connection = sqlite3.connect(database)
-    try:
-        return set(
-            connection.execute(
-                "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger')"
-            )
-        )
-    finally:
-        connection.close()
-
-
-def user_objects_expected(additions: list[str]) -> set[tuple[str, str]]:
-    views = {("view", name) for name in VIEWS} if "views" in additions else set()
-    triggers = {("trigger", name) for name in TRIGGERS} if "triggers" in additions else set()
-    return views | triggers
+        assert analysed_tables(database) >= set(LEGACY_TABLES)
 
 
 def batch_rebuild_of_job(revision: str, *changes: str) -> InjectedRevision:
@@ -692,3 +585,42 @@ def test_view_that_does_not_work_is_refused_before_any_backup(tmp_path: Path) ->
     assert "view broken" in line and "nothing was changed" in line
     assert sha256_of(database) == checksum
     assert backup_files(tmp_path) == []
+
+
+def test_postgres_types_are_compared_exactly_and_a_near_miss_is_refused(
+    postgres_url: URL, tmp_path: Path
+) -> None:
+    """No release ran on PostgreSQL: INTEGER byte counts or naive timestamps are not ours."""
+    engine = make_engine(postgres_url)
+    with engine.begin() as connection:
+        create_legacy_postgres(connection, 50)
+        connection.exec_driver_sql("UPDATE job SET downloaded_bytes = mod(downloaded_bytes, 1000)")
+        connection.exec_driver_sql("ALTER TABLE job ALTER COLUMN downloaded_bytes TYPE INTEGER")
+        connection.exec_driver_sql(
+            "ALTER TABLE job ALTER COLUMN created_at TYPE TIMESTAMP WITHOUT TIME ZONE"
+        )
+    engine.dispose()
+    before = postgres_state(postgres_url)
+
+    with pytest.raises(UnknownSchemaError, match="Nothing was changed") as refusal:
+        upgrade_database(settings_for(postgres_url, tmp_path))
+
+    message = str(refusal.value)
+    assert "closest to the baseline schema as this release creates it on postgresql" in message
+    assert "table job: column downloaded_bytes is INTEGER, expected BIGINT" in message
+    assert (
+        "table job: column created_at is TIMESTAMP WITHOUT TIME ZONE, "
+        "expected TIMESTAMP WITH TIME ZONE"
+    ) in message
+    assert postgres_state(postgres_url) == before
+    assert postgres_schemas(postgres_url) == {"public"}
+
+
+def postgres_schemas(url: URL) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            names = sa.inspect(connection).get_schema_names()
+    finally:
+        engine.dispose()
+    return set(names) - {"information_schema"}

@@ -35,9 +35,15 @@ from app.db.upgrade import script_directory, upgrade_database
 from tests.legacy_data import (
     RELEASE_CHECKSUMS,
     RELEASE_FILES,
+    analysed_tables,
+    assert_triggers_fire,
+    leave_in_write_ahead_log,
     release_file,
     release_row_checksums,
     released_columns,
+    user_objects,
+    user_objects_expected,
+    view_counts,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -308,6 +314,30 @@ def test_database_a_release_left_is_adopted_with_every_row_checksum_intact(
     (backup,) = backups(container)
     assert "unversioned" in backup.name
     assert_owner(backup)
+
+
+@pytest.mark.parametrize("name", RELEASE_FILES)
+def test_release_file_with_views_triggers_statistics_and_a_wal_file_keeps_them_all(
+    container: Container, name: str
+) -> None:
+    container.data_dir.mkdir(parents=True)
+    shutil.copyfile(release_file(name), container.database)
+    additions = ["views", "triggers", "analyze"]
+    leave_in_write_ahead_log(container.database, additions)
+    views_before = view_counts(container.database)
+
+    result = container.start()
+
+    assert_ran_as(result)
+    assert_at_head(container.database)
+    assert (
+        release_row_checksums(container.database, released_columns(name))
+        == (RELEASE_CHECKSUMS[name])
+    )
+    assert user_objects(container.database) == user_objects_expected(additions)
+    assert view_counts(container.database) == views_before
+    assert analysed_tables(container.database) >= {"job", "clienttask", "episodeavailability"}
+    assert_triggers_fire(container.database)
 
 
 def test_database_from_a_newer_release_stops_the_start_and_stays_untouched(

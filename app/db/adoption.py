@@ -191,8 +191,8 @@ def refusal(closest: KnownSchema, differences: list[str]) -> str:
     more = len(differences) - MAX_LISTED_DIFFERENCES
     suffix = f"; and {more} more" if more > 0 else ""
     return (
-        "the database has tables but no migration history, and its schema is none of those "
-        f"AniBridge releases left; it is closest to {closest.description}, which differs "
+        "the database has tables but no migration history, and its schema is not one this "
+        f"release can adopt; it is closest to {closest.description}, which differs "
         f"as follows: {shown}{suffix}. Nothing was changed: undo these differences, point "
         "DATABASE_URL at the right database, or restore a backup"
     )
