@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app import app_version, migrate
 from app.api import mount_api
-from app.config import ConfigError, Settings, get_settings
+from app.config import ConfigError, Settings, get_settings, load_settings
 from app.db import crud
 from app.db.backup import restore_backup
 from app.db.engine import make_engine
@@ -75,12 +75,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="migrate the database if needed, then serve (default)")
     commands.add_parser("migrate", help="upgrade the database to head and exit")
+    status = commands.add_parser(
+        "status", help="show where the database stands (read-only; never waits for an upgrade)"
+    )
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
     restore = commands.add_parser("restore", help="replace the SQLite database with a backup")
     restore.add_argument("backup", type=Path, help="a file from DATA_DIR/backups")
     return parser.parse_args(argv)
 
 
+def show_status(as_json: bool) -> None:
+    """`anibridge status`: settings read without creating DATA_DIR, the database only read."""
+    from app.status import database_status, render
+
+    status = database_status(load_settings())
+    print(status.as_json() if as_json else render(status))
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.command == "status":
+        show_status(args.json)
+        return
     settings = get_settings()
     configure_logging(settings.log_level)
     if args.command == "restore":

@@ -11,7 +11,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from app.config import ConfigError, get_settings
-from app.db.autogen import process_revision_directives, render_item
+from app.db.autogen import COMPARE_OPTIONS, process_revision_directives, render_item
 from app.db.connect import migration_connection
 from app.db.errors import MigrationError
 from app.db.upgrade import guarded_migrations, read_only_run, writes_to_database
@@ -39,8 +39,7 @@ CONFIGURE_OPTIONS = {
     "target_metadata": target_metadata(),
     "render_as_batch": True,
     "transactional_ddl": True,
-    "compare_type": True,
-    "compare_server_default": True,
+    **COMPARE_OPTIONS,
     "render_item": render_item,
     "process_revision_directives": process_revision_directives,
 }

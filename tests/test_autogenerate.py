@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from app.db.manifest import manifest_path, read_manifest
+from app.db.manifest import problems as manifest_problems
 from app.db.upgrade import PROJECT_ROOT, script_directory
 from tests.test_revision_files import RUFF, imported_top_level_modules
 
@@ -157,6 +159,7 @@ def test_model_change_generates_a_clean_revision_that_keeps_rows(project: Projec
     assert ruff_problems(revision, "check") == ""
     assert ruff_problems(revision, "format", "--check") == ""
     assert FILL_THEN_DROP.search(text), text
+    assert_listed_as_draft_head(project, revision)
 
     project.alembic_ok("upgrade", "head")
     assert job_rows(project.url, "id, priority, note") == [(i, 0, None) for i in JOB_IDS]
@@ -165,6 +168,16 @@ def test_model_change_generates_a_clean_revision_that_keeps_rows(project: Projec
     project.alembic_ok("downgrade", "-1")
     assert job_rows(project.url, "id") == [(i,) for i in JOB_IDS]
     project.alembic_ok("upgrade", "head")
+
+
+def assert_listed_as_draft_head(project: Project, revision: Path) -> None:
+    """The post-write hook put the new file in the copy's manifest, as its head."""
+    migrations = project.root / "migrations"
+    manifest = read_manifest(manifest_path(migrations))
+    new_id = revision.name.split("-", 1)[1].split("_", 1)[0]
+    assert manifest.entries[new_id].status == "draft"
+    assert manifest.head == new_id
+    assert manifest_problems(migrations) == []
 
 
 def test_hand_written_revision_keeps_its_imports(tmp_path: Path) -> None:
@@ -184,6 +197,7 @@ def test_hand_written_revision_keeps_its_imports(tmp_path: Path) -> None:
         "the post-write hook removed the template's imports; give ruff_check in alembic.ini "
         "`--ignore F401`"
     )
+    assert_listed_as_draft_head(project, revision)
 
 
 def test_offline_upgrade_prints_the_postgresql_script(tmp_path: Path) -> None:

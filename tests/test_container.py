@@ -246,6 +246,31 @@ def test_fresh_volume_starts_at_head(containers: Containers) -> None:
     assert request_json(container.url("/jobs"), "POST", {})["status"] == "queued"
 
 
+def test_status_in_the_running_container_reads_without_leaving_root_files(
+    containers: Containers,
+) -> None:
+    """docker/README.md's `docker exec <container> anibridge status`, as root, exec's default."""
+    container = containers.run(containers.volume())
+    container.wait_for_health()
+
+    report = json.loads(
+        containers.engine.docker("exec", container.name, "anibridge", "status", "--json").stdout
+    )
+    human = containers.engine.docker("exec", container.name, "anibridge", "status").stdout
+    root_owned = containers.engine.docker(
+        "exec", container.name, "find", "/data", "-user", "root"
+    ).stdout
+
+    assert (report["state"], report["current"], report["upgrade_running"]) == (
+        "at_head",
+        [HEAD],
+        False,
+    )
+    assert [row["direction"] for row in report["history"]] == ["upgrade", "upgrade"]
+    assert "state:            at head" in human
+    assert root_owned == ""
+
+
 @pytest.mark.parametrize("release", RELEASE_FILES)
 def test_released_database_is_adopted_with_every_row(
     containers: Containers, data_dir: Path, release: str

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from alembic import command
 from sqlalchemy.engine import URL
 
 from app.config import Settings, migration_lock_path
+from app.db.history import history_table
 from app.db.locking import POSTGRES_LOCK_KEY
 from app.db.upgrade import alembic_config, plan_run, script_directory, upgrade_database
 from tests.conftest import settings_for
@@ -111,6 +113,30 @@ def test_current_names_an_unknown_revision_and_the_release_to_run(settings: Sett
     (line,) = [line for line in output.splitlines() if line.startswith("FAILED:")]
     assert UNKNOWN_REVISION in line
     assert "does not know" in line and "newer release" in line
+
+
+def test_unknown_revision_names_the_release_that_applied_it(settings: Settings) -> None:
+    """A newer release with the migration history left a row saying who it was."""
+    upgrade_database(settings)
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(
+            history_table.insert().values(
+                revision=UNKNOWN_REVISION,
+                direction="upgrade",
+                applied_at=datetime(2027, 3, 1, 12, 0, tzinfo=UTC),
+                duration_s=0.5,
+                app_version="0.9.1",
+                checksum="0" * 64,
+            )
+        )
+    engine.dispose()
+    stamp(settings, UNKNOWN_REVISION)
+
+    returncode, output, _ = alembic(["current"], settings)
+
+    (line,) = [line for line in output.splitlines() if line.startswith("FAILED:")]
+    assert "AniBridge 0.9.1 applied it on 2027-03-01; run that release (or newer)" in line
 
 
 def test_writing_and_reading_runs_are_told_apart(settings: Settings) -> None:

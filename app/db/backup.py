@@ -28,9 +28,24 @@ def database_size(database: Path) -> int:
     return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
+BACKUP_STAMP = "%Y%m%dT%H%M%S%fZ"
+UNVERSIONED = "unversioned"
+
+
 def backup_name(database: Path, revision: str | None, now: datetime) -> str:
-    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{database.stem}-{revision or 'unversioned'}-{stamp}{database.suffix}"
+    stamp = now.astimezone(UTC).strftime(BACKUP_STAMP)
+    return f"{database.stem}-{revision or UNVERSIONED}-{stamp}{database.suffix}"
+
+
+def read_backup_name(backup: Path, database: Path) -> tuple[str | None, datetime | None]:
+    """The revision and time `backup_name` put in the name (None for what it cannot tell)."""
+    middle = backup.name[len(database.stem) + 1 : len(backup.name) - len(database.suffix)]
+    revision, _, stamp = middle.rpartition("-")
+    try:
+        created = datetime.strptime(stamp, BACKUP_STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None, None
+    return (None if revision == UNVERSIONED else revision), created
 
 
 def backup_database(

@@ -16,14 +16,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, text
+from sqlalchemy.engine import URL
 
 from app.config import migration_lock_path
+from app.db.engine import make_engine
 from app.db.errors import MigrationError, MigrationLockTimeoutError
 
 log = logging.getLogger(__name__)
 
 POSTGRES_LOCK_KEY = 0x616E6962  # "anib": one key for every AniBridge upgrade
 POLL_INTERVAL_S = 0.1
+ADVISORY_LOCK_HELD = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid = 0 AND objid = CAST(:key AS oid) AND objsubid = 1)"
+)
 LOG_EVERY_S = 10.0
 
 
@@ -45,6 +52,40 @@ def take_postgres_upgrade_lock(connection: Connection, timeout_s: float) -> None
     """Take the advisory lock for the current transaction; does nothing on SQLite."""
     if connection.dialect.name == "postgresql":
         _wait_for(lambda: _try_postgres_lock(connection), timeout_s, "the PostgreSQL advisory lock")
+
+
+def upgrade_running(url: URL) -> bool:
+    """Whether an upgrade holds the lock of the database at `url`, found without waiting.
+
+    SQLite: a shared, non-blocking try on the lock file (a missing file means
+    no upgrade ever started). PostgreSQL: the advisory lock in `pg_locks`.
+    """
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_lock_held(migration_lock_path(url.database))
+    return _postgres_lock_held(url)
+
+
+def _sqlite_lock_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _postgres_lock_held(url: URL) -> bool:
+    engine = make_engine(url, read_only=True)
+    try:
+        with engine.connect() as connection:
+            return bool(connection.execute(ADVISORY_LOCK_HELD, {"key": POSTGRES_LOCK_KEY}).scalar())
+    finally:
+        engine.dispose()
 
 
 @contextmanager

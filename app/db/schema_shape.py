@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Dialect, inspect, types
 from sqlalchemy.exc import CompileError
 
-IGNORED_TABLES = frozenset({"alembic_version"})
+from app.db.history import HISTORY_TABLE
+
+IGNORED_TABLES = frozenset({"alembic_version", HISTORY_TABLE})
 
 
 @dataclass(frozen=True)

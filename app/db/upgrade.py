@@ -46,6 +46,7 @@ from app.db.adoption import (
 from app.db.backup import backup_database
 from app.db.connect import connect_for_migrations
 from app.db.errors import DatabaseNewerThanCodeError, MigrationError
+from app.db.history import HistoryRecorder, HistoryRow, record, release_that_applied
 from app.db.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
 from app.db.progress import RevisionHeartbeat
 from app.db.user_objects import views_and_triggers_set_aside
@@ -137,18 +138,30 @@ def unknown_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> list[s
     return [head for head in heads if head not in known]
 
 
-def newer_database_message(unknown: list[str]) -> str:
+def newer_database_message(unknown: list[str], applied: HistoryRow | None = None) -> str:
+    """Which revision this release does not know, and which release to run instead.
+
+    The migration history names the release that applied the revision, when
+    that release kept one.
+    """
+    upgraded_by = "a newer release upgraded it"
+    if applied is not None:
+        upgraded_by = f"AniBridge {applied.app_version} applied it on {applied.applied_at[:10]}"
     return (
         f"the database is at revision {', '.join(unknown)}, which AniBridge {app_version()} "
-        "does not know: a newer release upgraded it; run that release (or newer), or "
+        f"does not know: {upgraded_by}; run that release (or newer), or "
         "restore the backup taken before that upgrade (DATA_DIR/backups)"
     )
 
 
-def refuse_unknown_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> None:
+def refuse_unknown_revisions(script: ScriptDirectory, connection: Connection) -> tuple[str, ...]:
+    """The database's current revisions, unless this release does not know one of them."""
+    heads = current_heads(connection)
     unknown = unknown_revisions(script, heads)
     if unknown:
-        raise DatabaseNewerThanCodeError(newer_database_message(unknown))
+        applied = release_that_applied(connection, unknown[0])
+        raise DatabaseNewerThanCodeError(newer_database_message(unknown, applied))
+    return heads
 
 
 def own_transaction(connection: Connection) -> AbstractContextManager:
@@ -166,7 +179,7 @@ def read_only_run(
     report it: Alembic's own commands could only say they cannot locate it.
     """
     env.configure(connection=connection, **options)
-    refuse_unknown_revisions(env.script, env.get_context().get_current_heads())
+    refuse_unknown_revisions(env.script, connection)
     yield
 
 
@@ -178,15 +191,21 @@ def guarded_migrations(
     timeout = settings.migration_lock_timeout
     with sqlite_upgrade_lock(connection, timeout), own_transaction(connection):
         take_postgres_upgrade_lock(connection, timeout)
-        timer, heartbeat = RevisionTimer(), RevisionHeartbeat()
-        env.configure(connection=connection, on_version_apply=each_of(timer, heartbeat), **options)
-        current = env.get_context().get_current_heads()
-        refuse_unknown_revisions(env.script, current)
+        timer, heartbeat, history = (
+            RevisionTimer(),
+            RevisionHeartbeat(),
+            HistoryRecorder(env.script),
+        )
+        env.configure(
+            connection=connection, on_version_apply=each_of(timer, history, heartbeat), **options
+        )
+        current = refuse_unknown_revisions(env.script, connection)
         destination = env.get_revision_argument()
         plan = prepare_run(
             env.script, connection, plan_run(env.script, current, destination), settings
         )
         timer.restart()
+        history.restart()
         set_aside = views_and_triggers_set_aside(connection) if plan.revisions else nullcontext()
         with set_aside, heartbeat.running_revisions(plan.revisions):
             yield
@@ -204,9 +223,11 @@ def prepare_run(
     (without the baseline, when adoption stamped it).
     """
     if plan.direction == "upgrade" and has_unversioned_app_tables(connection, plan.current):
+        started = time.perf_counter()
         known = recognise_unversioned_database(connection, script)
         backup_if_sqlite(connection, None, settings)
         adopted = adopt_legacy_database(connection, script, known)
+        record(connection, script, adopted, "adopt", time.perf_counter() - started)
         plan = RunPlan((adopted,), plan.direction, plan.revisions[1:])
     elif plan.current and plan.revisions:
         backup_if_sqlite(connection, plan.current[0], settings)
@@ -271,11 +292,16 @@ def database_revision(settings: Settings) -> tuple[str, ...]:
         return current_heads(connection)
 
 
+def known_database_revision(settings: Settings, script: ScriptDirectory) -> tuple[str, ...]:
+    """The database's revisions; refused when this release does not know one of them."""
+    with connect_for_migrations(settings, read_only=True) as connection:
+        return refuse_unknown_revisions(script, connection)
+
+
 def require_database_at_head(settings: Settings) -> None:
     """For DB_MIGRATE_ON_STARTUP=false: refuse to serve a database not at head."""
     script = script_directory()
-    current = database_revision(settings)
-    refuse_unknown_revisions(script, current)
+    current = known_database_revision(settings, script)
     heads = set(script.get_heads())
     if set(current) != heads:
         raise MigrationError(

@@ -1,0 +1,151 @@
+"""The migration history, as Flyway keeps `flyway_schema_history`.
+
+One row for each revision applied, reverted or stamped, and one for each
+adoption of a database made before migrations: the revision, the direction,
+when it ran (UTC), how long it took, the AniBridge version that ran it, and the
+SHA-256 of the revision file that ran.
+
+The table belongs to the migration system, not to the models: it has its own
+`MetaData`, autogenerate and `alembic check` skip it (`include_name`), and
+adoption does not count it as an application table. Rows are written on the
+run's own connection, inside its transaction: a run that fails leaves none. The
+table is created by the first run that writes a row and never dropped, so the
+history outlives a downgrade to base.
+"""
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from app import app_version
+
+HISTORY_TABLE = "anibridge_migration_history"
+DIRECTIONS = ("upgrade", "downgrade", "stamp", "adopt")
+
+history_metadata = sa.MetaData()
+history_table = sa.Table(
+    HISTORY_TABLE,
+    history_metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("revision", sa.String(32), nullable=False),
+    sa.Column("direction", sa.String(16), nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("duration_s", sa.Float(), nullable=False),
+    sa.Column("app_version", sa.String(64), nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=True),
+    sa.PrimaryKeyConstraint("id", name=f"pk_{HISTORY_TABLE}"),
+)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    revision: str
+    direction: str
+    applied_at: str
+    duration_s: float
+    app_version: str
+    checksum: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def file_checksum(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def revision_checksum(script: ScriptDirectory, revision: str) -> str | None:
+    """The SHA-256 of `revision`'s file, or None when this release has no such file."""
+    found = {rev.revision: rev for rev in script.walk_revisions()}.get(revision)
+    return file_checksum(found.path) if found is not None else None
+
+
+def is_migration_table(name: str | None, type_: str, _parent_names: Any) -> bool:
+    """An `include_name` filter: keep everything but the history table out of comparisons."""
+    return not (type_ == "table" and name == HISTORY_TABLE)
+
+
+def record(
+    connection: Connection,
+    script: ScriptDirectory,
+    revision: str,
+    direction: str,
+    duration_s: float,
+) -> None:
+    """Add a row for `revision`, creating the table first if this database has none yet."""
+    history_table.create(connection, checkfirst=True)
+    connection.execute(
+        history_table.insert().values(
+            revision=revision,
+            direction=direction,
+            applied_at=datetime.now(UTC),
+            duration_s=round(duration_s, 6),
+            app_version=app_version(),
+            checksum=revision_checksum(script, revision),
+        )
+    )
+
+
+class HistoryRecorder:
+    """An `on_version_apply` callback writing one row per step, timed from the previous one."""
+
+    def __init__(self, script: ScriptDirectory) -> None:
+        self.script = script
+        self.restart()
+
+    def restart(self) -> None:
+        self.last = time.perf_counter()
+
+    def __call__(self, *, ctx, step, **_kwargs) -> None:
+        now = time.perf_counter()
+        direction = "stamp" if step.is_stamp else "upgrade" if step.is_upgrade else "downgrade"
+        for revision in step_revisions(step):
+            record(ctx.connection, self.script, revision, direction, now - self.last)
+        self.last = now
+
+
+def step_revisions(step) -> tuple[str, ...]:
+    """The revisions a step applied or reverted; for a stamp, where it left the database."""
+    if step.is_stamp:
+        return step.destination_revision_ids or ("base",)
+    return step.up_revision_ids if step.is_upgrade else (step.up_revision_id,)
+
+
+def read_history(connection: Connection) -> list[HistoryRow]:
+    """Every row, oldest first; none when the table does not exist (yet)."""
+    if not sa.inspect(connection).has_table(HISTORY_TABLE):
+        return []
+    rows = connection.execute(history_table.select().order_by(history_table.c.id)).mappings()
+    return [
+        HistoryRow(
+            revision=row["revision"],
+            direction=row["direction"],
+            applied_at=as_utc(row["applied_at"]).isoformat(),
+            duration_s=row["duration_s"],
+            app_version=row["app_version"],
+            checksum=row["checksum"],
+        )
+        for row in rows
+    ]
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def release_that_applied(connection: Connection, revision: str) -> HistoryRow | None:
+    """The latest row that moved the database to `revision` (applied or stamped)."""
+    rows = [
+        row
+        for row in read_history(connection)
+        if row.revision == revision and row.direction in ("upgrade", "stamp", "adopt")
+    ]
+    return rows[-1] if rows else None

@@ -1,0 +1,242 @@
+"""`anibridge status`: where the database stands, without changing or waiting for anything.
+
+Like Flyway's `info` and Prisma's `migrate status`: the state, the current and
+head revisions, what an upgrade would apply, the SQLite backups, the migration
+history, revisions whose file changed since they ran, and how the live schema
+differs from the models (as `alembic check` would say, in words).
+
+Strictly read-only: the SQLite file is opened with `mode=ro` (a missing file is
+reported empty, not created), PostgreSQL sessions are read-only, no upgrade
+lock is taken, and a lock held by a running upgrade is only looked at. The URL
+is shown with its password masked.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from app.config import Settings
+from app.db.autogen import COMPARE_OPTIONS
+from app.db.backup import list_backups, read_backup_name
+from app.db.connect import connect_for_migrations
+from app.db.history import (
+    HistoryRow,
+    file_checksum,
+    read_history,
+    release_that_applied,
+)
+from app.db.locking import upgrade_running
+from app.db.schema_shape import app_tables
+from app.db.upgrade import (
+    current_heads,
+    newer_database_message,
+    plan_run,
+    script_directory,
+    unknown_revisions,
+)
+
+
+@dataclass
+class DatabaseStatus:
+    database: str
+    state: str
+    current: list[str]
+    heads: list[str]
+    pending: list[str]
+    upgrade_running: bool
+    backups: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    edited: list[str] = field(default_factory=list)
+    drift: list[str] | None = None
+    message: str = ""
+
+    def as_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def database_status(settings: Settings) -> DatabaseStatus:
+    """Everything `anibridge status` shows, read in one read-only connection."""
+    settings = dataclasses.replace(settings, connect_retries=0)
+    script = script_directory()
+    running = upgrade_running(settings.database_url)
+    with connect_for_migrations(settings, read_only=True) as connection:
+        current = current_heads(connection)
+        history = read_history(connection)
+        status = DatabaseStatus(
+            database=settings.database_url.render_as_string(hide_password=True),
+            state="",
+            current=list(current),
+            heads=list(script.get_heads()),
+            pending=[],
+            upgrade_running=running,
+            backups=backups_of(settings),
+            history=[row.as_dict() for row in history],
+            edited=edited_revisions(script, current, history),
+        )
+        fill_state(status, script, connection, current)
+    return status
+
+
+def fill_state(
+    status: DatabaseStatus, script: ScriptDirectory, connection: Connection, current
+) -> None:
+    unknown = unknown_revisions(script, current)
+    if unknown:
+        status.state = "newer"
+        status.message = newer_database_message(
+            unknown, release_that_applied(connection, unknown[0])
+        )
+        return
+    status.pending = list(plan_run(script, current, "heads").revisions)
+    if not current:
+        status.state = "unversioned" if app_tables(connection) else "empty"
+    else:
+        status.state = "pending" if status.pending else "at_head"
+    if status.state == "at_head":
+        status.drift = schema_drift(connection)
+
+
+def backups_of(settings: Settings) -> list[dict[str, Any]]:
+    """The SQLite backups of this database, oldest first; none on PostgreSQL."""
+    if not settings.is_sqlite:
+        return []
+    database = Path(settings.database_url.database)
+    backups_dir = settings.data_dir / "backups"
+    found = []
+    for path in list_backups(backups_dir, database) if backups_dir.is_dir() else []:
+        revision, created = read_backup_name(path, database)
+        stat = path.stat()
+        created = created or datetime.fromtimestamp(stat.st_mtime, UTC)
+        found.append(
+            {
+                "path": str(path),
+                "bytes": stat.st_size,
+                "created": created.isoformat(),
+                "revision": revision,
+            }
+        )
+    return found
+
+
+def edited_revisions(
+    script: ScriptDirectory, current: tuple[str, ...], history: list[HistoryRow]
+) -> list[str]:
+    """Applied revisions whose file no longer has the checksum it had when it ran.
+
+    On a database a newer release upgraded, every revision this release has was applied.
+    """
+    revisions = (
+        script.walk_revisions()
+        if unknown_revisions(script, current)
+        else script.iterate_revisions(current, "base")
+    )
+    applied = {rev.revision: rev for rev in revisions}
+    ran = {
+        row.revision: row.checksum
+        for row in history
+        if row.direction in ("upgrade", "adopt") and row.checksum
+    }
+    return [
+        revision
+        for revision, rev in reversed(applied.items())
+        if revision in ran and ran[revision] != file_checksum(rev.path)
+    ]
+
+
+def schema_drift(connection: Connection) -> list[str]:
+    """The differences `alembic check` would report, one sentence each."""
+    from app.db.models import metadata
+
+    context = MigrationContext.configure(connection, opts=COMPARE_OPTIONS)
+    return [describe_difference(diff) for diff in flatten(compare_metadata(context, metadata))]
+
+
+def flatten(diffs: list) -> list[tuple]:
+    """Alembic groups column modifications in lists; one tuple per difference here."""
+    flat = []
+    for diff in diffs:
+        flat.extend(diff if isinstance(diff, list) else [diff])
+    return flat
+
+
+def describe_difference(diff: tuple) -> str:
+    kind = diff[0]
+    if kind in ("add_table", "remove_table"):
+        return f"table {diff[1].name} {where(kind)}"
+    if kind in ("add_column", "remove_column"):
+        return f"column {diff[2]}.{diff[3].name} {where(kind)}"
+    if kind in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
+        item = diff[1]
+        what = "index" if "index" in kind else "constraint"
+        columns = ", ".join(column.name for column in item.columns)
+        return f"{what} {item.name} on {item.table.name} ({columns}) {where(kind)}"
+    if kind in ("add_fk", "remove_fk"):
+        return f"foreign key {diff[1].name} on {diff[1].parent.name} {where(kind)}"
+    if kind.startswith("modify_"):
+        _, _, table, column, _, database_value, model_value = diff
+        what = kind.removeprefix("modify_").replace("_", " ")
+        return (
+            f"column {table}.{column}: {what} is {database_value!s} in the database, "
+            f"{model_value!s} in the models"
+        )
+    return str(diff)
+
+
+def where(kind: str) -> str:
+    if kind.startswith("add"):
+        return "is in the models but not in the database"
+    return "is in the database but not in the models"
+
+
+def render(status: DatabaseStatus) -> str:
+    """The human-readable report."""
+    lines = [
+        f"database:         {status.database}",
+        f"state:            {describe_state(status)}",
+        f"current revision: {', '.join(status.current) or 'none'}",
+        f"head revision:    {', '.join(status.heads)}",
+        f"pending:          {', '.join(status.pending) or 'nothing'}",
+        f"upgrade running:  {'yes' if status.upgrade_running else 'no'}",
+        f"edited since run: {', '.join(status.edited) or 'none'}",
+        f"schema drift:     {describe_drift(status.drift)}",
+    ]
+    lines.extend(f"  - {difference}" for difference in status.drift or [])
+    lines.append(f"backups:          {len(status.backups) or 'none'}")
+    lines.extend(
+        f"  {b['created']}  {b['revision'] or 'unversioned':<12}  {b['bytes']:>12} bytes  "
+        f"{b['path']}"
+        for b in status.backups
+    )
+    lines.append(f"history:          {len(status.history) or 'none'}")
+    lines.extend(
+        f"  {row['applied_at']}  {row['direction']:<9}  {row['revision']:<12}  "
+        f"{row['duration_s']:8.3f} s  AniBridge {row['app_version']}"
+        for row in status.history
+    )
+    return "\n".join(lines)
+
+
+STATE_WORDS = {
+    "empty": "empty (an upgrade creates the schema)",
+    "unversioned": "unversioned (made before migrations; an upgrade adopts it)",
+    "pending": "behind head (run `alembic upgrade head` or start the service)",
+    "at_head": "at head",
+}
+
+
+def describe_state(status: DatabaseStatus) -> str:
+    return STATE_WORDS.get(status.state, f"{status.state}: {status.message}")
+
+
+def describe_drift(drift: list[str] | None) -> str:
+    if drift is None:
+        return "not compared (the database is not at head)"
+    return f"{len(drift)} difference(s) from the models" if drift else "none"

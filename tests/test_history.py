@@ -1,0 +1,121 @@
+"""The migration history: a row per revision applied, reverted or stamped, and per adoption."""
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from app import app_version
+from app.config import Settings
+from app.db.errors import MigrationError
+from app.db.history import HISTORY_TABLE, read_history
+from app.db.schema_shape import app_tables
+from app.db.upgrade import alembic_config, script_directory, upgrade_database
+from tests.faults import HEAD, InjectedRevision, copy_project, inject_revisions
+from tests.legacy_data import BASELINE
+
+
+def history_of(settings: Settings) -> list[tuple[str, str]]:
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        rows = read_history(connection)
+    engine.dispose()
+    return rows
+
+
+def moves(settings: Settings) -> list[tuple[str, str]]:
+    return [(row.revision, row.direction) for row in history_of(settings)]
+
+
+def file_sha256(revision: str) -> str:
+    path = script_directory().get_revision(revision).path
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_each_applied_revision_gets_a_row(settings: Settings) -> None:
+    started = datetime.now(UTC)
+    upgrade_database(settings)
+
+    rows = history_of(settings)
+
+    assert [(row.revision, row.direction) for row in rows] == [
+        (BASELINE, "upgrade"),
+        (HEAD, "upgrade"),
+    ]
+    for row in rows:
+        applied_at = datetime.fromisoformat(row.applied_at)
+        assert applied_at.utcoffset() == timedelta(0)
+        assert started - timedelta(seconds=1) <= applied_at <= datetime.now(UTC)
+        assert 0 <= row.duration_s < 60
+        assert row.app_version == app_version()
+        assert row.checksum == file_sha256(row.revision)
+
+
+def test_history_survives_downgrade_to_base_and_round_trips(settings: Settings) -> None:
+    config = alembic_config(settings=settings)
+    command.upgrade(config, "head")
+    command.downgrade(config, "-1")
+    command.downgrade(config, "base")
+    command.upgrade(config, "head")
+    command.stamp(config, BASELINE)
+
+    assert moves(settings) == [
+        (BASELINE, "upgrade"),
+        (HEAD, "upgrade"),
+        (HEAD, "downgrade"),
+        (BASELINE, "downgrade"),
+        (BASELINE, "upgrade"),
+        (HEAD, "upgrade"),
+        (BASELINE, "stamp"),
+    ]
+
+
+def test_history_table_is_not_an_app_table_nor_drift(settings: Settings) -> None:
+    config = alembic_config(settings=settings)
+    command.upgrade(config, "head")
+    command.downgrade(config, "base")
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        assert sa.inspect(connection).has_table(HISTORY_TABLE)
+        assert app_tables(connection) == []
+    engine.dispose()
+
+    command.upgrade(config, "head")
+    command.check(config)
+
+    assert moves(settings)[-2:] == [(BASELINE, "upgrade"), (HEAD, "upgrade")]
+
+
+def test_adoption_gets_a_row(tmp_path: Path) -> None:
+    from sqlalchemy.engine import URL
+
+    from tests.conftest import settings_for
+    from tests.legacy_data import MULTI_SITE, create_legacy_sqlite
+
+    database = tmp_path / "anibridge_jobs.db"
+    create_legacy_sqlite(database, MULTI_SITE, rows=20)
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+
+    upgrade_database(settings)
+
+    assert moves(settings) == [(BASELINE, "adopt"), (HEAD, "upgrade")]
+
+
+def test_a_failed_run_writes_no_row(settings: Settings, tmp_path: Path) -> None:
+    upgrade_database(settings)
+    before = history_of(settings)
+    project = copy_project(tmp_path / "project")
+    body = "    op.execute(sa.text('SELECT 1'))\n    raise RuntimeError('this revision fails')"
+    inject_revisions(project, [InjectedRevision("badbadbadbad", HEAD, "Failing", body)])
+    config = Config(str(project / "alembic.ini"))
+    config.set_main_option("script_location", str(project / "migrations"))
+    config.attributes.update(settings=settings, skip_logging_setup=True)
+
+    with pytest.raises((RuntimeError, MigrationError)):
+        command.upgrade(config, "head")
+
+    assert history_of(settings) == before

@@ -1,0 +1,208 @@
+"""`anibridge status`: every state on both engines, read-only, never waiting, passwords masked."""
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import URL
+
+from app.config import Settings
+from app.db.history import history_table
+from app.db.upgrade import alembic_config, upgrade_database
+from app.status import database_status, describe_difference
+from tests.conftest import settings_for
+from tests.legacy_data import (
+    BASELINE,
+    HEAD,
+    MULTI_SITE,
+    VENV_BIN,
+    command_environment,
+    create_legacy_sqlite,
+    run_command,
+    sha256_of,
+)
+from tests.test_read_only_commands import stamp, upgrade_in_progress
+
+KEYS = {"state", "current", "heads", "pending", "backups", "history", "edited", "drift"}
+PROMPT_S = 15
+
+
+def status_json(settings: Settings) -> tuple[dict, float]:
+    environ = command_environment(
+        settings.data_dir, settings.database_url.render_as_string(hide_password=False)
+    )
+    started = time.monotonic()
+    result = run_command([str(VENV_BIN / "anibridge"), "status", "--json"], environ)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), time.monotonic() - started
+
+
+def execute(settings: Settings, sql: str) -> None:
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(sa.text(sql))
+    engine.dispose()
+
+
+def test_empty_database(settings: Settings) -> None:
+    report, _ = status_json(settings)
+
+    assert KEYS | {"upgrade_running"} <= report.keys()
+    assert (report["state"], report["current"], report["heads"]) == ("empty", [], [HEAD])
+    assert report["pending"] == [BASELINE, HEAD]
+    assert (report["history"], report["edited"], report["upgrade_running"]) == ([], [], False)
+
+
+def test_at_head_then_pending_then_newer(settings: Settings) -> None:
+    upgrade_database(settings)
+    report, _ = status_json(settings)
+    assert (report["state"], report["current"], report["pending"]) == ("at_head", [HEAD], [])
+    assert report["drift"] == []
+    assert [(row["revision"], row["direction"]) for row in report["history"]] == [
+        (BASELINE, "upgrade"),
+        (HEAD, "upgrade"),
+    ]
+    assert all(row["applied_at"].endswith("+00:00") for row in report["history"])
+
+    stamp(settings, BASELINE)
+    report, _ = status_json(settings)
+    assert (report["state"], report["pending"], report["drift"]) == ("pending", [HEAD], None)
+
+    stamp(settings, "ffffffffffff")
+    report, _ = status_json(settings)
+    assert report["state"] == "newer"
+    assert "ffffffffffff" in report["message"] and "AniBridge" in report["message"]
+
+
+def test_unversioned_sqlite_database_is_reported_untouched(tmp_path: Path) -> None:
+    database = tmp_path / "anibridge_jobs.db"
+    create_legacy_sqlite(database, MULTI_SITE, rows=10)
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+    checksum = sha256_of(database)
+
+    report, _ = status_json(settings)
+
+    assert (report["state"], report["pending"]) == ("unversioned", [BASELINE, HEAD])
+    assert sha256_of(database) == checksum
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["anibridge_jobs.db"]
+
+
+def test_missing_sqlite_file_is_empty_and_not_created(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = settings_for(URL.create("sqlite", database=str(data_dir / "x.db")), data_dir)
+    data_dir.rmdir()
+
+    report, _ = status_json(settings)
+
+    assert report["state"] == "empty"
+    assert not data_dir.exists()
+
+
+def test_status_does_not_wait_for_a_running_upgrade(settings: Settings) -> None:
+    upgrade_database(settings)
+
+    with upgrade_in_progress(settings):
+        report, seconds = status_json(settings)
+
+    assert report["upgrade_running"] is True
+    assert report["state"] == "at_head"
+    assert seconds < PROMPT_S
+
+
+def test_edited_revision_and_drift_are_named(settings: Settings) -> None:
+    upgrade_database(settings)
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(
+            history_table.update()
+            .where(history_table.c.revision == BASELINE)
+            .values(checksum="0" * 64)
+        )
+        connection.execute(sa.text("ALTER TABLE job ADD COLUMN note VARCHAR"))
+    engine.dispose()
+
+    report = database_status(settings)
+
+    assert report.edited == [BASELINE]
+    assert report.drift == ["column job.note is in the database but not in the models"]
+
+
+def test_backups_are_listed_with_their_revision(tmp_path: Path) -> None:
+    database = tmp_path / "anibridge_jobs.db"
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+    config = alembic_config(settings=settings)
+    command.upgrade(config, "head")
+    command.downgrade(config, "-1")
+    command.upgrade(config, "head")
+
+    backups = database_status(settings).backups
+
+    assert [backup["revision"] for backup in backups] == [HEAD, BASELINE]
+    for backup in backups:
+        assert backup["bytes"] == Path(backup["path"]).stat().st_size > 0
+        assert backup["created"].endswith("+00:00")
+    assert backups[0]["created"] < backups[1]["created"]
+
+
+def test_password_is_masked(postgres_url: URL, tmp_path: Path) -> None:
+    """Trust authentication ignores the password, so the URL works with one in it."""
+    url = postgres_url.set(password="s3cret-pw")
+    settings = settings_for(url, tmp_path)
+
+    report, _ = status_json(settings)
+    environ = command_environment(tmp_path, url.render_as_string(hide_password=False))
+    human = run_command([str(VENV_BIN / "anibridge"), "status"], environ)
+
+    assert "s3cret-pw" not in json.dumps(report) + human.stdout + human.stderr
+    assert "***" in report["database"] and "***" in human.stdout
+
+
+def test_human_report_names_state_and_revisions(settings: Settings) -> None:
+    upgrade_database(settings)
+    environ = command_environment(
+        settings.data_dir, settings.database_url.render_as_string(hide_password=False)
+    )
+
+    result = run_command([str(VENV_BIN / "anibridge"), "status"], environ)
+
+    assert result.returncode == 0, result.stderr
+    assert "state:            at head" in result.stdout
+    assert f"current revision: {HEAD}" in result.stdout
+    assert "schema drift:     none" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("sql", "sentence"),
+    [
+        ("CREATE TABLE stray (id INTEGER PRIMARY KEY)", "table stray is in the database but not"),
+        ("DROP INDEX ix_job_status", "index ix_job_status on job (status) is in the models but"),
+    ],
+)
+def test_drift_in_words(settings: Settings, sql: str, sentence: str) -> None:
+    upgrade_database(settings)
+    execute(settings, sql)
+
+    drift = database_status(settings).drift
+
+    assert any(line.startswith(sentence) for line in drift), drift
+
+
+def test_unknown_difference_is_still_shown() -> None:
+    assert describe_difference(("something_new", 1)) == "('something_new', 1)"
+
+
+def test_sqlite_status_leaves_the_file_byte_identical(tmp_path: Path) -> None:
+    database = tmp_path / "anibridge_jobs.db"
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+    upgrade_database(settings)
+    sqlite3.connect(database).close()
+    checksum, names = sha256_of(database), sorted(p.name for p in tmp_path.iterdir())
+
+    status_json(settings)
+
+    assert sha256_of(database) == checksum
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
