@@ -29,7 +29,7 @@ from app.db.adoption import (
 )
 from app.db.engine import make_engine
 from app.db.models import metadata
-from app.db.schema_shape import describe_schema, diff_schemas
+from app.db.schema_shape import IGNORED_TABLES, describe_schema, diff_schemas
 from app.db.upgrade import alembic_config
 from tests.conftest import settings_for
 from tests.legacy_data import release_file
@@ -49,9 +49,8 @@ def sqlite_columns(path: Path) -> dict[str, list[ColumnInfo]]:
     with sqlite3.connect(path) as connection:
         tables = [
             row[0]
-            for row in connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'alembic_version'"
-            )
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if row[0] not in IGNORED_TABLES
         ]
         return {
             table: [
@@ -71,6 +70,11 @@ def sqlite_indexes(path: Path) -> set[tuple[str, str, str]]:
             connection.execute(
                 "SELECT name, tbl_name, sql FROM sqlite_master "
                 "WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        ) - set(
+            connection.execute(
+                "SELECT name, tbl_name, sql FROM sqlite_master WHERE tbl_name IN (?, ?)",
+                tuple(IGNORED_TABLES),
             )
         )
 
@@ -190,7 +194,7 @@ def exact_schema(url: URL) -> dict[str, dict]:
                     "indexes": sorted(index["name"] for index in inspector.get_indexes(table)),
                     "primary_key": inspector.get_pk_constraint(table)["name"],
                 }
-                for table in sorted(set(inspector.get_table_names()) - {"alembic_version"})
+                for table in sorted(set(inspector.get_table_names()) - IGNORED_TABLES)
             }
     finally:
         engine.dispose()
@@ -216,12 +220,12 @@ def test_baseline_downgrade_removes_everything_it_created(settings: Settings) ->
     try:
         with engine.connect() as connection:
             inspector = sa.inspect(connection)
-            assert inspector.get_table_names() == ["alembic_version"]
+            assert set(inspector.get_table_names()) == IGNORED_TABLES
             assert inspector.get_indexes("alembic_version") == []
             if connection.dialect.name == "sqlite":
                 leftovers = connection.exec_driver_sql(
-                    "SELECT type, name FROM sqlite_master WHERE name != 'alembic_version' "
-                    "AND name NOT LIKE 'sqlite_autoindex_alembic_version%'"
+                    "SELECT type, name FROM sqlite_master WHERE tbl_name NOT IN (?, ?)",
+                    tuple(IGNORED_TABLES),
                 ).all()
                 assert leftovers == []
     finally:

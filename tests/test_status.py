@@ -206,3 +206,25 @@ def test_sqlite_status_leaves_the_file_byte_identical(tmp_path: Path) -> None:
 
     assert sha256_of(database) == checksum
     assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+def test_status_on_a_file_an_upgrade_locked_exclusively_fails_fast_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A rebuild that spills SQLite's cache holds the file exclusively until it commits."""
+    database = tmp_path / "anibridge_jobs.db"
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+    upgrade_database(settings)
+    writer = sqlite3.connect(database, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    environ = command_environment(tmp_path, settings.database_url.render_as_string(False))
+
+    started = time.monotonic()
+    result = run_command([str(VENV_BIN / "anibridge"), "status"], environ)
+    seconds = time.monotonic() - started
+    writer.close()
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "database is locked" in line and "try again" in line
+    assert seconds < PROMPT_S

@@ -9,6 +9,7 @@ starting). No message repeats the URL's password.
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,8 +58,12 @@ def check_sqlite_file(path: Path, *, writable: bool = True) -> None:
         )
 
 
-def describe_failure(exc: DBAPIError, url: URL) -> str:
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+def describe_failure(exc: DBAPIError | sqlite3.Error, url: URL) -> str:
+    """The driver's first line, password masked; a locked SQLite file says who may hold it."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    reason = str(orig).strip().splitlines()[0] if orig else type(exc).__name__
+    if "database is locked" in reason or "lock timeout" in reason:
+        reason += " (an upgrade or another writer holds it; try again when it has finished)"
     if url.password:
         reason = reason.replace(str(url.password), "***")
     return reason
@@ -103,8 +108,8 @@ def connect_for_migrations(settings: Settings, *, read_only: bool = False) -> It
     except OperationalError as exc:
         if read_only and is_lock_conflict(exc):
             raise DatabaseUnavailableError(
-                f"the database {url.render_as_string(hide_password=True)} is locked by an "
-                "upgrade that is changing it; try again when the upgrade has finished"
+                f"cannot use the database {url.render_as_string(hide_password=True)}: "
+                f"{describe_failure(exc, url)}"
             ) from None
         raise
     finally:
@@ -122,6 +127,7 @@ def _probe(connection: Connection) -> None:
     On SQLite the probe goes through the raw driver connection, which is in
     autocommit mode for migrations: it must not take the write lock that
     another process's upgrade may be holding while this one waits its turn.
+    Its errors are the driver's own (`sqlite3.Error`), not SQLAlchemy's.
     """
     if connection.dialect.name == "sqlite":
         connection.connection.driver_connection.execute("SELECT 1 FROM sqlite_master LIMIT 1")
@@ -138,7 +144,7 @@ def _connect_with_retries(engine, url: URL, retries: int) -> Iterator[Connection
             connection = engine.connect()
             _probe(connection)
             break
-        except DBAPIError as exc:
+        except (DBAPIError, sqlite3.Error) as exc:
             reason = describe_failure(exc, url)
             if url.get_backend_name() == "sqlite" or attempt == retries:
                 raise DatabaseUnavailableError(
