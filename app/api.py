@@ -43,7 +43,9 @@ def get_session(request: Request) -> Iterator[Session]:
         session.commit()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Committed before the response is sent ("function" scope): a client told
+# 200 can read its write back at once, and a failed commit is never told 200.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def not_found(what: str) -> HTTPException:

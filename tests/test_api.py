@@ -7,6 +7,7 @@ cache after setting the environment.
 """
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
 from app.config import get_settings
 from app.db.errors import MigrationError
@@ -440,3 +443,39 @@ def test_a_405_allows_every_method_of_the_path(
             response = client.request(method, path)
             assert response.status_code == 405
             assert set(response.headers["allow"].split(", ")) == methods
+
+
+def test_a_write_is_committed_before_the_response(
+    start_service: StartService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client told 201 can read the job back; a failed commit is never told 201."""
+    with start_service() as client:
+        job_id = create_job(client)["id"]
+        assert client.get(f"/jobs/{job_id}").status_code == 200
+
+        def commit_fails(session: Session) -> None:
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+        monkeypatch.setattr(Session, "commit", commit_fails)
+        client_without_raise = TestClient(client.app, raise_server_exceptions=False)
+        assert client_without_raise.post("/jobs", json={}).status_code == 500
+        monkeypatch.undo()
+        assert [job["id"] for job in client.get("/jobs").json()] == [job_id]
+
+
+@pytest.mark.parametrize(
+    ("template", "body"),
+    [
+        ("/client-tasks/task-{key}", TASK),
+        ("/availability/aniworld.to/show-{key}/1/1/German Dub", {"available": True}),
+    ],
+)
+def test_concurrent_first_writes_of_one_key_all_succeed(
+    start_service: StartService, service_url: dict[str, str], template: str, body: dict
+) -> None:
+    """Upserts are one statement: no request loses a read-then-insert race."""
+    with start_service(**service_url) as client, ThreadPoolExecutor(8) as pool:
+        for key in range(10):
+            paths = [template.format(key=key)] * 8
+            statuses = list(pool.map(lambda path: client.put(path, json=body).status_code, paths))
+            assert statuses == [200] * 8, (paths[0], statuses)

@@ -1,16 +1,21 @@
 """Data access used by the service: plain functions over a Session."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlmodel import Session, col, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel, col, select
 
 from app.db.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job, utc_now
 
 JOB_STATUSES = ("queued", "downloading", "completed", "failed", "cancelled")
 UNFINISHED_JOB_STATUSES = ("queued", "downloading")
 CLIENT_TASK_STATES = ("queued", "downloading", "paused", "completed", "error")
+
+# Both engines take INSERT ... ON CONFLICT DO UPDATE, each through its own construct.
+UPSERT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+RowModel = TypeVar("RowModel", bound=SQLModel)
 
 
 def create_job(session: Session, *, source_site: str = DEFAULT_SITE) -> Job:
@@ -72,19 +77,21 @@ def upsert_availability(
     provider: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> EpisodeAvailability:
-    key = (slug, season, episode, language, site)
-    row = session.get(EpisodeAvailability, key) or EpisodeAvailability(
-        slug=slug, season=season, episode=episode, language=language, site=site, available=False
+    row = EpisodeAvailability(
+        slug=slug,
+        season=season,
+        episode=episode,
+        language=language,
+        site=site,
+        available=available,
+        height=height,
+        vcodec=vcodec,
+        provider=provider,
+        extra=extra,
+        checked_at=utc_now(),
     )
-    row.available = available
-    row.height = height
-    row.vcodec = vcodec
-    row.provider = provider
-    row.extra = extra
-    row.checked_at = utc_now()
-    session.add(row)
-    session.flush()
-    return row
+    probed = ("available", "height", "vcodec", "provider", "extra", "checked_at")
+    return upsert(session, row, update=probed)
 
 
 def get_availability(
@@ -105,17 +112,30 @@ def is_fresh(row: EpisodeAvailability, ttl: timedelta, *, now: datetime | None =
 
 
 def upsert_client_task(session: Session, *, hash: str, **fields: Any) -> ClientTask:
-    task = session.get(ClientTask, hash)
-    if task is None:
-        task = ClientTask(hash=hash, **fields)
-    else:
-        for name, value in fields.items():
-            setattr(task, name, value)
+    """Add a task, or change the given fields of the task with this hash."""
+    task = ClientTask(hash=hash, **fields)
     if task.state not in CLIENT_TASK_STATES:
         raise ValueError(f"unknown client task state {task.state!r}")
-    session.add(task)
-    session.flush()
-    return task
+    return upsert(session, task, update=fields)
+
+
+def upsert(session: Session, row: RowModel, *, update: Iterable[str]) -> RowModel:
+    """Insert `row`; where its primary key exists already, set the `update` columns instead.
+
+    One INSERT ... ON CONFLICT DO UPDATE statement: two requests writing the
+    same new key at once cannot both try to insert it (a read-then-insert
+    fails the second one with a unique violation).
+    """
+    table = type(row).__table__
+    insert = UPSERT_INSERT[session.get_bind().dialect.name]
+    statement = insert(table).values(row.model_dump())
+    statement = statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={name: statement.excluded[name] for name in update},
+    )
+    session.exec(statement)
+    key = tuple(getattr(row, column.name) for column in table.primary_key.columns)
+    return session.get(type(row), key, populate_existing=True)
 
 
 def list_client_tasks(session: Session, *, category: str | None = None) -> Sequence[ClientTask]:
