@@ -2,7 +2,7 @@
 
 * every error a client can cause is a documented 4xx, never a 500: the 422
   echoes the input, and must do so for input JSON cannot carry;
-* a 405's `Allow` names every method of the path;
+* a 405's `Allow` names every method of the path, and no path redirects to another;
 * the OpenAPI document gives integer bounds exactly.
 """
 
@@ -32,7 +32,12 @@ UNPARSABLE_BODY = {400: {"model": ErrorMessage, "description": "The body is not 
 
 
 def keep_http_contract(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
-    """Install the handlers and the schema fix on `app`, which serves `routes`."""
+    """Install the handlers and the schema fix on `app`, which serves `routes`.
+
+    Paths are exact: "/jobs/" (an empty job id) is a 404, not a redirect to
+    the list at "/jobs".
+    """
+    app.router.redirect_slashes = False
     app.add_exception_handler(StarletteHTTPException, partial(http_error, routes=routes))
     app.add_exception_handler(RequestValidationError, validation_error)
     app.openapi = partial(openapi_with_integer_bounds, app)

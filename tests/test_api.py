@@ -402,6 +402,7 @@ def test_every_status_code_returned_is_documented(start_service: StartService) -
         seen = [
             ("/jobs/{job_id}", "get", 404, client.get("/jobs/missing")),
             ("/jobs/{job_id}", "patch", 404, client.patch("/jobs/missing", json={})),
+            ("/jobs/{job_id}", "get", 404, client.get("/jobs/")),
             ("/jobs", "post", 400, client.post("/jobs", content=b"1" * 5000, headers=JSON)),
             ("/client-tasks/{hash}", "put", 404, client.put("/client-tasks/a%2Fb", json=TASK)),
             ("/client-tasks/{hash}", "delete", 404, client.delete("/client-tasks/missing")),
