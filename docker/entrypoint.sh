@@ -150,34 +150,53 @@ prepare_as_root() {
     fi
 }
 
-# Runs a command as the app user: through gosu as root, directly otherwise.
-as_app_user() {
-    if ((EUID == 0)); then
-        gosu "${APP_USER}:${APP_GROUP}" "$@"
-    else
-        "$@"
-    fi
-}
+# What runs a program as the app user: gosu as root, nothing otherwise (already that user).
+if ((EUID == 0)); then
+    AS_APP_USER=(gosu "${APP_USER}:${APP_GROUP}")
+else
+    AS_APP_USER=()
+fi
+readonly AS_APP_USER
 
 # True when the command ("$2"...) is `anibridge SUBCOMMAND` ("$1"), by any path to anibridge.
 is_anibridge() {
     [[ "$(basename -- "$2")" == anibridge && "${3:-}" == "$1" ]]
 }
 
-# Runs Python in APP_DIR as the app user (alembic.ini is found there).
-app_python() {
-    (cd "$APP_DIR" && as_app_user "$ANIBRIDGE_PYTHON" "$@")
+# Runs a command in the background and passes SIGTERM and SIGINT on to it, so that
+# `docker stop` during a long upgrade stops it at once (its transaction rolls back)
+# instead of after Docker's 10 s grace period: as PID 1, bash itself ignores them.
+# Sets STOPPED=true when such a signal arrived.
+STOPPED=false
+run_passing_signals() {
+    local child status=0
+    "$@" &
+    child=$!
+    trap 'STOPPED=true; kill -TERM "$child" 2>/dev/null || true' TERM INT
+    # `wait` returns early when a trapped signal arrives; the child may still be running.
+    while kill -0 "$child" 2>/dev/null; do
+        status=0
+        wait "$child" || status=$?
+    done
+    trap - TERM INT
+    return "$status"
 }
 
+# The fast check says whether the database is certainly at head (and prints the
+# revision); when it cannot, `alembic upgrade head` runs: it upgrades, or says why not.
 upgrade_to_head() {
     local revision status=0
-    if revision="$(app_python -m app.head_check)"; then
+    cd "$APP_DIR"
+    if revision="$("${AS_APP_USER[@]}" "$ANIBRIDGE_PYTHON" -m app.head_check)"; then
         log "the database schema is at head (${revision}): nothing to upgrade"
         return
     fi
     log "upgrading the database schema: alembic upgrade head"
-    app_python -m alembic upgrade head || status=$?
-    if ((status != 0)); then
+    run_passing_signals "${AS_APP_USER[@]}" "$ANIBRIDGE_PYTHON" -m alembic upgrade head ||
+        status=$?
+    if [[ "$STOPPED" == true ]]; then
+        die "$status" "stopped during the database upgrade, which was rolled back; the next start runs it again"
+    elif ((status != 0)); then
         die "$status" "the database upgrade failed (exit ${status}); the service was not started"
     fi
 }
@@ -214,10 +233,7 @@ main() {
     fi
     migrate_database "$@"
     log "starting: $*"
-    if ((EUID == 0)); then
-        exec gosu "${APP_USER}:${APP_GROUP}" "$@"
-    fi
-    exec "$@"
+    exec "${AS_APP_USER[@]}" "$@"
 }
 
 main "$@"
