@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
 
 from app.config import DATABASE_FILE_NAME
 from tests.container_engine import (
@@ -32,17 +35,18 @@ from tests.container_engine import (
     start_engine,
 )
 from tests.legacy_data import (
+    BASELINE,
     HEAD,
     LEGACY_SITE,
     LEGACY_TABLES,
-    RELEASE_CHECKSUMS,
     RELEASE_FILES,
     SITE_COLUMNS,
     release_file,
     release_row_checksums,
-    released_columns,
     sha256_of,
     sqlite_revision,
+    sqlite_table_names,
+    table_columns,
 )
 
 pytestmark = pytest.mark.container
@@ -50,6 +54,9 @@ pytestmark = pytest.mark.container
 UNFINISHED_JOB_STATUSES = ("queued", "downloading")
 INTERRUPTED_MESSAGE = "interrupted by a restart"
 HEALTH_TIMEOUT_S = 60
+# Enough availability rows that adopting the grown single-site file takes seconds here.
+LONG_MIGRATION_EXTRA_ROWS = 600_000
+COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker" / "compose.yaml"
 
 
 # --- the engine, the image and the containers -------------------------------
@@ -112,6 +119,24 @@ class Container:
                 pytest.fail(f"{self.name} still runs after {timeout} s:\n{self.logs()}")
             time.sleep(0.1)
         return state["ExitCode"]
+
+    def exec(self, *command: str, user: str = "") -> str:
+        """Run a command in the running container (as `user` when given); its stdout."""
+        options = [f"--user={user}"] if user else []
+        return self.engine.docker("exec", *options, self.name, *command).stdout
+
+    def service_ids(self) -> str:
+        """`uid gid` of PID 1 (the service, once the entrypoint has exec'd it)."""
+        status = self.exec("cat", "/proc/1/status")
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        gid = next(line.split()[1] for line in status.splitlines() if line.startswith("Gid:"))
+        return f"{uid} {gid}"
+
+    def start(self) -> None:
+        self.engine.docker("start", self.name)
+
+    def restart_count(self) -> int:
+        return int(self.engine.docker("inspect", "--format={{.RestartCount}}", self.name).stdout)
 
     def stop(self) -> float:
         """`docker stop` (SIGTERM, then SIGKILL after 10 s); returns the seconds it took."""
@@ -271,6 +296,28 @@ def test_status_in_the_running_container_reads_without_leaving_root_files(
     assert root_owned == ""
 
 
+def assert_rows_kept(original: Path, database: Path) -> None:
+    """Every row of `original` (an unversioned release file) is in `database`, as served.
+
+    Tables are compared over the original's columns; site columns the original
+    lacked hold the only site it can have known.
+    """
+    assert sqlite_revision(database) == HEAD
+    columns = {table: table_columns(original, table) for table in LEGACY_TABLES}
+    untouched = {table: columns[table] for table in ("clienttask", "episodeavailability")}
+    assert release_row_checksums(database, untouched) == release_row_checksums(original, untouched)
+    job_columns = columns["job"]
+    assert_same_rows(
+        "job",
+        as_served(job_columns, table_rows(original, "job", job_columns)),
+        as_served(job_columns, table_rows(database, "job", job_columns)),
+    )
+    for table in LEGACY_TABLES:
+        site = SITE_COLUMNS[table]
+        if site not in columns[table]:
+            assert {row[0] for row in table_rows(database, table, [site])} <= {LEGACY_SITE}
+
+
 @pytest.mark.parametrize("release", RELEASE_FILES)
 def test_released_database_is_adopted_with_every_row(
     containers: Containers, data_dir: Path, release: str
@@ -282,21 +329,7 @@ def test_released_database_is_adopted_with_every_row(
     assert container.wait_for_health()["revision"] == HEAD
     container.stop()
 
-    assert sqlite_revision(database) == HEAD
-    columns = released_columns(release)
-    untouched = {table: columns[table] for table in ("clienttask", "episodeavailability")}
-    expected = {table: RELEASE_CHECKSUMS[release][table] for table in untouched}
-    assert release_row_checksums(database, untouched) == expected
-    job_columns = columns["job"]
-    assert_same_rows(
-        "job",
-        as_served(job_columns, table_rows(release_file(release), "job", job_columns)),
-        as_served(job_columns, table_rows(database, "job", job_columns)),
-    )
-    for table in LEGACY_TABLES:
-        site = SITE_COLUMNS[table]
-        if site not in columns[table]:
-            assert {row[0] for row in table_rows(database, table, [site])} <= {LEGACY_SITE}
+    assert_rows_kept(release_file(release), database)
 
 
 def test_changed_puid_and_pgid_take_over_the_files(containers: Containers, data_dir: Path) -> None:
@@ -350,3 +383,190 @@ def test_docker_stop_is_clean_and_quick(containers: Containers) -> None:
     assert took < 3, f"docker stop took {took:.1f} s"
     assert container.state()["ExitCode"] == 0, container.logs()
     assert "Finished server process" in container.logs()
+
+
+def logs_after_start(logs: str) -> str:
+    """What the service logged: everything after the entrypoint's `starting:` line."""
+    marker = "[entrypoint] starting: "
+    assert marker in logs, logs
+    return logs.split(marker, 1)[1]
+
+
+def test_one_upgrade_per_start_and_none_by_the_service(containers: Containers) -> None:
+    volume = containers.volume()
+    first = containers.run(volume)
+    first.wait_for_health()
+    first.stop()
+    second = containers.run(volume)
+    second.wait_for_health()
+
+    first_logs, second_logs = first.logs(), second.logs()
+    assert first_logs.count("upgrading the database schema: alembic upgrade head") == 1
+    assert first_logs.count(f"Running upgrade {BASELINE} -> {HEAD}") == 1
+    for service_logs in (logs_after_start(first_logs), logs_after_start(second_logs)):
+        assert "Running upgrade" not in service_logs
+        assert "Database is up to date" not in service_logs
+    assert f"the database schema is at head ({HEAD}): nothing to upgrade" in second_logs
+    assert "alembic" not in second_logs.split("[entrypoint] starting: ")[0].lower()
+
+
+def owners(container: Container, *paths: str) -> dict[str, str]:
+    output = container.exec("stat", "--format=%n %u:%g", *paths)
+    return dict(line.rsplit(" ", 1) for line in output.splitlines())
+
+
+@pytest.mark.parametrize("recursive", ["true", "false"])
+def test_the_app_user_owns_its_data_and_download_folders_and_nothing_of_the_code(
+    containers: Containers, recursive: str
+) -> None:
+    container = containers.run(
+        containers.volume(),
+        CHOWN_RECURSIVE=recursive,
+        PUID="1500",
+        PGID="1600",
+        DOWNLOAD_DIR="/data/downloads/anime",
+        QBIT_PUBLIC_SAVE_PATH="/srv/torrents/anime",
+    )
+    container.wait_for_health()
+
+    assert container.service_ids() == "1500 1600"
+    theirs = ("/data", f"/data/{DATABASE_FILE_NAME}", "/data/downloads", "/data/downloads/anime")
+    created_outside = ("/srv/torrents", "/srv/torrents/anime")
+    assert set(owners(container, *theirs, *created_outside).values()) == {"1500:1600"}
+    assert owners(container, "/", "/app", "/app/app/main.py", "/app/migrations/versions") == {
+        "/": "0:0",
+        "/app": "0:0",
+        "/app/app/main.py": "0:0",
+        "/app/migrations/versions": "0:0",
+    }
+    assert container.exec("find", "/app", "-user", "1500", "-o", "-group", "1600") == ""
+    refused = container.exec(
+        "sh", "-c", "touch /app/migrations/versions/x.py 2>/dev/null || echo refused", user="1500"
+    )
+    assert refused.strip() == "refused"
+
+
+def test_started_with_user_root_the_service_still_runs_as_the_app_user(
+    containers: Containers,
+) -> None:
+    container = containers.run(containers.volume(), "--user=0:0")
+    container.wait_for_health()
+
+    assert container.service_ids() == "1000 1000"
+
+
+def test_started_with_another_user_the_service_runs_as_that_user(
+    containers: Containers, data_dir: Path
+) -> None:
+    os.chown(data_dir, 2500, 2500)
+    container = containers.run(data_dir, "--user=2500:2500")
+
+    assert container.wait_for_health()["revision"] == HEAD
+    assert container.service_ids() == "2500 2500"
+    assert (data_dir / DATABASE_FILE_NAME).stat().st_uid == 2500
+
+
+def grown_single_site_file(path: Path, extra_rows: int) -> Path:
+    """The real single-site release file with `extra_rows` more availability rows."""
+    shutil.copyfile(release_file("v1.16.1.db"), path)
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+            "INSERT INTO episodeavailability (slug, season, episode, language, available, "
+            "height, vcodec, provider, checked_at, extra) "
+            "SELECT 'grown-' || (i / 1000), 1 + i % 7, i % 1000, 'German Dub', i % 2, 1080, "
+            "'h264', 'VOE', '2025-01-01 00:00:00.000000', 'null' FROM n",
+            (extra_rows,),
+        )
+        connection.commit()
+    finally:
+        connection.close()
+    return path
+
+
+def wait_for_log(container: Container, text: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in container.logs():
+        if time.monotonic() > deadline or not container.state()["Running"]:
+            pytest.fail(f"{text!r} never appeared:\n{container.logs()}")
+        time.sleep(0.05)
+
+
+def test_docker_stop_during_a_long_migration_then_a_start_that_completes(
+    containers: Containers, data_dir: Path, tmp_path: Path
+) -> None:
+    original = grown_single_site_file(tmp_path / "grown.db", LONG_MIGRATION_EXTRA_ROWS)
+    database = data_dir / DATABASE_FILE_NAME
+    shutil.copyfile(original, database)
+    tables = {table: table_columns(original, table) for table in LEGACY_TABLES}
+    container = containers.run(data_dir)
+    wait_for_log(container, "Backed up")
+
+    took = container.stop()
+
+    logs = container.logs()
+    assert "stopped during the database upgrade" in logs, logs
+    assert "Traceback" not in logs
+    assert took < 10, f"docker stop took {took:.1f} s"
+    assert release_row_checksums(database, tables) == release_row_checksums(original, tables)
+    assert "alembic_version" not in sqlite_table_names(database)
+
+    container.start()
+    container.wait_for_health(timeout=300)
+    container.stop()
+    assert_rows_kept(original, database)
+
+
+@pytest.mark.postgres
+def test_the_app_container_uses_the_hosts_postgresql(
+    containers: Containers, postgres_url: URL
+) -> None:
+    database_url = postgres_url.render_as_string(hide_password=False)
+    volume = containers.volume()
+    first = containers.run(volume, DATABASE_URL=database_url)
+    assert first.wait_for_health() == {"status": "ok", "database": "postgresql", "revision": HEAD}
+    job = request_json(first.url("/jobs"), "POST", {})
+    first.stop()
+
+    second = containers.run(volume, DATABASE_URL=database_url)
+    second.wait_for_health()
+    assert request_json(second.url(f"/jobs/{job['id']}"))["id"] == job["id"]
+    assert "Running upgrade" not in second.logs()
+    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            stamped = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            assert stamped.scalars().all() == [HEAD]
+    finally:
+        engine.dispose()
+
+
+def docker_compose(*args: str) -> subprocess.CompletedProcess:
+    """docker-compose on docker/compose.yaml (no engine needed for `config`)."""
+    if shutil.which("docker-compose") is None:
+        message = "docker-compose is not installed (apt-get install docker-compose)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return subprocess.run(
+        ["docker-compose", "--file", str(COMPOSE_FILE), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "postgres"]], ids=["default", "postgres"])
+def test_compose_file_is_valid(profile: list[str]) -> None:
+    """`docker-compose config` checks the file against the Compose schema; no engine needed.
+
+    (docker-compose 1.29 lists every service whatever the profile; which one the
+    profile gates is checked in tests/test_entrypoint.py.)
+    """
+    checked = docker_compose(*profile, "config", "--quiet")
+    assert checked.returncode == 0, checked.stderr
+    services = docker_compose(*profile, "config", "--services")
+    assert sorted(services.stdout.split()) == ["anibridge", "postgres"]
+    volumes = docker_compose(*profile, "config", "--volumes")
+    assert sorted(volumes.stdout.split()) == ["anibridge-data", "postgres-data"]

@@ -453,14 +453,18 @@ def fake_anibridge(shared_root: Path) -> Path:
     return script
 
 
-def test_restore_runs_without_upgrading_first(container: Container, fake_anibridge: Path) -> None:
+@pytest.mark.parametrize("arguments", [["restore", "backup.db"], ["migrate"]])
+def test_restore_and_migrate_run_without_upgrading_first(
+    container: Container, fake_anibridge: Path, arguments: list[str]
+) -> None:
     upgrade_in_process(container, "head")
     execute(container.database, "UPDATE alembic_version SET version_num = ?", UNKNOWN_REVISION)
 
-    result = container.start([str(fake_anibridge), "restore", "backup.db"])
+    result = container.start([str(fake_anibridge), *arguments])
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"anibridge restore backup.db as {APP_UID}:{APP_UID}"]
+    shown = f"anibridge {' '.join(arguments)} as {APP_UID}:{APP_UID}"
+    assert result.stdout.splitlines() == [shown]
     assert "upgrading the database schema" not in result.stderr
 
 
