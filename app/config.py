@@ -161,6 +161,11 @@ def migration_lock_path(database: str | Path) -> Path:
     return Path(f"{database}.migration-lock")
 
 
+def service_lock_path(database: str | Path) -> Path:
+    """The lock file a running service holds shared on the SQLite file `database`."""
+    return Path(f"{database}.service-lock")
+
+
 def ensure_data_dir(settings: Settings) -> None:
     """Create DATA_DIR (and the SQLite file's folder) if missing."""
     folders = {settings.data_dir}

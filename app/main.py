@@ -3,20 +3,27 @@
 import argparse
 import logging
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
 from app import app_version, migrate
 from app.api import mount_api
 from app.config import ConfigError, Settings, get_settings, load_settings
 from app.db import crud
-from app.db.backup import restore_backup
 from app.db.engine import make_engine
+from app.db.locking import service_lock
+from app.db.restore import restore_backup
 from app.db.session import session_scope
-from app.db.upgrade import database_revision, require_database_at_head, upgrade_database
+from app.db.upgrade import (
+    database_revision,
+    require_database_at_head,
+    script_directory,
+    upgrade_database,
+)
 from app.logs import configure_logging
 
 log = logging.getLogger("app")
@@ -35,17 +42,40 @@ def prepare_database(settings: Settings) -> str | None:
     return ", ".join(database_revision(settings)) or None
 
 
+@contextmanager
+def running_service(settings: Settings) -> Iterator[tuple[str | None, Engine]]:
+    """What the service holds while it serves: the database ready, its engine, its lock.
+
+    On SQLite the service lock is held shared for the whole time, so
+    `anibridge restore` can tell that the database is in use.
+    """
+    with service_lock_if_sqlite(settings):
+        revision = prepare_database(settings)
+        engine = make_engine(settings.database_url)
+        try:
+            with session_scope(engine) as session:
+                interrupted = crud.fail_interrupted_jobs(session)
+            if interrupted:
+                log.info("Marked %d interrupted jobs as failed", interrupted)
+            yield revision, engine
+        finally:
+            engine.dispose()
+
+
+def service_lock_if_sqlite(settings: Settings) -> AbstractContextManager:
+    if not settings.is_sqlite:
+        return nullcontext()
+    return service_lock(Path(settings.database_url.database), settings.migration_lock_timeout)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings = get_settings()
-    app.state.schema_revision = prepare_database(settings)
-    app.state.engine = make_engine(settings.database_url)
-    with session_scope(app.state.engine) as session:
-        interrupted = crud.fail_interrupted_jobs(session)
-    if interrupted:
-        log.info("Marked %d interrupted jobs as failed", interrupted)
-    yield
-    app.state.engine.dispose()
+    """Start-up for servers that did not run `serve` (tests, `uvicorn app.main:app`)."""
+    if getattr(app.state, "engine", None) is not None:
+        yield
+        return
+    with running_service(get_settings()) as (app.state.schema_revision, app.state.engine):
+        yield
 
 
 def create_app() -> FastAPI:
@@ -58,11 +88,19 @@ app = create_app()
 
 
 def serve(settings: Settings) -> None:
+    """Prepare the database first, so a failure is one line and not a server's traceback."""
     import uvicorn
 
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
-    )
+    with running_service(settings) as (revision, engine):
+        service = create_app()
+        service.state.schema_revision, service.state.engine = revision, engine
+        uvicorn.run(
+            service,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            log_config=None,
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,7 +139,8 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "restore":
         if not settings.is_sqlite:
             raise ConfigError("DATABASE_URL: restore works on the SQLite database only")
-        aside = restore_backup(args.backup, Path(settings.database_url.database))
+        database = Path(settings.database_url.database)
+        aside = restore_backup(args.backup, database, script_directory())
         print(f"restored {args.backup}; the replaced database is kept as {aside}")
     else:
         serve(settings)

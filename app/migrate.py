@@ -35,16 +35,31 @@ def run_full_upgrade() -> None:
 
 
 def exit_code_of(action: Callable[[], None]) -> int:
-    """Run `action`; a settings or migration error becomes one stderr line and exit code 1."""
+    """Run `action`; a settings, Alembic or database error becomes one stderr line and exit 1.
+
+    With LOG_LEVEL=debug the traceback is logged before that line.
+    """
+    from alembic.util import CommandError
+    from sqlalchemy.exc import DBAPIError
+
     from app.config import ConfigError
-    from app.db.errors import MigrationError
+    from app.db.errors import describe_database_error
 
     try:
         action()
-    except (ConfigError, MigrationError) as exc:
-        print(f"anibridge: error: {exc}", file=sys.stderr)
-        return 1
+    except (ConfigError, CommandError) as exc:
+        return report_failure(str(exc))
+    except DBAPIError as exc:
+        return report_failure(describe_database_error(exc, None))
     return 0
+
+
+def report_failure(message: str) -> int:
+    import logging
+
+    logging.getLogger("app").debug("Failed", exc_info=True)
+    print(f"anibridge: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

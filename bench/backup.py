@@ -57,7 +57,7 @@ def copy_file_synced(database: Path, target: Path) -> Sample:
 
 
 def backup(database: Path, backups_dir: Path) -> Sample:
-    sample = time_call(lambda: backup_database(database, backups_dir, "bench", keep=1))
+    sample = time_call(lambda: backup_database(database, backups_dir, "bench"))
     shutil.rmtree(backups_dir)
     return sample
 

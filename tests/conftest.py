@@ -21,6 +21,7 @@ from app.db.engine import make_engine
 from app.db.history import history_table
 from app.db.upgrade import alembic_config as make_alembic_config
 from tests.revision_data import rows_by_revision
+from tests.row_dump import RowDump, explain_difference
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +163,11 @@ def alembic_config(settings: Settings) -> PytestAlembicConfig:
         alembic_config=make_alembic_config(settings=settings),
         at_revision_data=rows_by_revision(),
     )
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """Unequal row dumps are explained by counts and digests (see tests/row_dump.py)."""
+    both_dicts = isinstance(left, dict) and isinstance(right, dict)
+    if op == "==" and both_dicts and (isinstance(left, RowDump) or isinstance(right, RowDump)):
+        return explain_difference(left, right)
+    return None

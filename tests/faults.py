@@ -145,6 +145,25 @@ def inject_revisions(project: Path, revisions: Iterable[InjectedRevision]) -> No
         )
 
 
+# --- a revision that fails after changing schema and rows -------------------
+
+FAILING_BODY = """\
+    op.create_table(
+        "fault_audit",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("note", sa.String(), nullable=False),
+    )
+    with op.batch_alter_table("job") as batch_op:
+        batch_op.add_column(sa.Column("fault_flag", sa.Integer(), nullable=True))
+    op.execute("INSERT INTO fault_audit (id, note) VALUES (1, 'written before the failure')")
+    op.execute("UPDATE job SET fault_flag = 1, status = 'failed'")
+    op.execute("DELETE FROM clienttask")
+    raise RuntimeError("injected failure after real DDL and data changes")
+"""
+FAILING = InjectedRevision(
+    "fa11ed000001", HEAD, "Fail after changing schema and rows", FAILING_BODY
+)
+
 # --- running the upgrade ----------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from app.db.models import metadata
 from app.db.schema_shape import app_tables
+from tests.row_dump import RowDump
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -261,22 +262,20 @@ def extra_json(rng: random.Random, index: int) -> str | None:
     return json.dumps(document, ensure_ascii=index % 2 == 0)
 
 
-def dump_rows(
-    connection: sa.Connection, tables: tuple[str, ...] | None = None
-) -> dict[str, list[tuple]]:
+def dump_rows(connection: sa.Connection, tables: tuple[str, ...] | None = None) -> RowDump:
     """Every row of every app table (or of `tables`), raw from the driver, in a stable order.
 
     Each row is a tuple of (column, value) pairs sorted by column, so a column
     added or moved by a migration shows as exactly that.
     """
-    result = {}
+    result = RowDump()
     for table in tables or app_tables(connection):
         rows = connection.exec_driver_sql(f'SELECT * FROM "{table}"').mappings()
         result[table] = sorted((tuple(sorted(row.items())) for row in rows), key=repr)
     return result
 
 
-def dump_sqlite_rows(path: Path, tables: tuple[str, ...] | None = None) -> dict[str, list[tuple]]:
+def dump_sqlite_rows(path: Path, tables: tuple[str, ...] | None = None) -> RowDump:
     engine = sqlite_file_engine(path)
     try:
         with engine.connect() as connection:
@@ -289,14 +288,18 @@ def sqlite_file_engine(path: Path) -> sa.Engine:
     return sa.create_engine(f"sqlite:///{path}", poolclass=NullPool)
 
 
-def with_legacy_site(dump: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
+def with_legacy_site(dump: RowDump) -> RowDump:
     """What a single-site dump must become: each row gains its table's site column."""
-    return {
-        table: sorted(
-            (tuple(sorted((*row, (SITE_COLUMNS[table], LEGACY_SITE)))) for row in rows), key=repr
+    return RowDump(
+        (
+            table,
+            sorted(
+                (tuple(sorted((*row, (SITE_COLUMNS[table], LEGACY_SITE)))) for row in rows),
+                key=repr,
+            ),
         )
         for table, rows in dump.items()
-    }
+    )
 
 
 def sqlite_revision(path: Path) -> str | None:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL
 import app.db.adoption
 from app.db.adoption import released_sqlite_schema, sqlite_definitions
 from app.db.engine import make_engine
-from app.db.errors import UnknownSchemaError
+from app.db.errors import MigrationError, UnknownSchemaError
 from app.db.schema_shape import TableShape, describe_schema
 from app.db.upgrade import current_heads, upgrade_database
 from tests.conftest import settings_for
@@ -413,7 +413,7 @@ def test_failure_midway_through_single_site_conversion_changes_nothing(
             raise RuntimeError("simulated crash during the conversion")
 
     monkeypatch.setattr(app.db.adoption, "rebuild_table", crash_after_the_second_table)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(MigrationError, match="rolled back: RuntimeError: simulated crash"):
         upgrade_database(settings_for(sqlite_url(tmp_path), tmp_path))
 
     assert sha256_of(database) == checksum

@@ -1,4 +1,4 @@
-"""The SQLite snapshot taken before pending revisions run, its pruning, and its restore."""
+"""The SQLite snapshot taken before pending revisions run, and its pruning."""
 
 import re
 import shutil
@@ -13,7 +13,6 @@ from sqlalchemy.engine import URL
 
 import app.db.backup
 from app.config import Settings
-from app.db.backup import restore_backup
 from app.db.connect import connect_for_migrations
 from app.db.errors import BackupError
 from app.db.upgrade import alembic_config, upgrade_database
@@ -22,10 +21,7 @@ from tests.legacy_data import (
     BASELINE,
     HEAD,
     MULTI_SITE,
-    anibridge,
-    command_environment,
     dump_sqlite_rows,
-    failure_line,
     insert_rows,
     legacy_rows,
     sha256_of,
@@ -209,79 +205,3 @@ def test_leftover_partial_backup_is_removed_by_the_next_backup(database: Path) -
 
     (backup,) = backups(database)
     assert BACKUP_NAME.fullmatch(backup.name)
-
-
-@pytest.fixture
-def upgraded_with_backup(database: Path) -> Path:
-    """A database upgraded to head (backup taken at the baseline) that then gained rows."""
-    settings = baseline_with_rows(database)
-    upgrade_database(settings)
-    add_rows(database, batch=1)
-    (backup,) = backups(database)
-    return backup
-
-
-def test_restore_puts_the_backup_back_and_keeps_the_replaced_file(
-    database: Path, upgraded_with_backup: Path
-) -> None:
-    replaced = sha256_of(database)
-    for companion in ("-wal", "-shm"):
-        Path(f"{database}{companion}").write_bytes(b"stale")
-
-    aside = restore_backup(upgraded_with_backup, database)
-
-    assert aside == database.with_name("anibridge_jobs.db.before-restore")
-    assert sha256_of(aside) == replaced
-    assert_restored(database, upgraded_with_backup)
-
-
-def assert_restored(database: Path, backup: Path) -> None:
-    assert sqlite_revision(database) == BASELINE
-    assert "strm_url_mapping" not in sqlite_table_names(database)
-    assert dump_sqlite_rows(database) == dump_sqlite_rows(backup)
-    assert not Path(f"{database}-wal").exists() and not Path(f"{database}-shm").exists()
-
-
-def test_restore_command_puts_the_backup_back(database: Path, upgraded_with_backup: Path) -> None:
-    replaced = sha256_of(database)
-
-    result = anibridge(["restore", str(upgraded_with_backup)], command_environment(database.parent))
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert sha256_of(database.with_name("anibridge_jobs.db.before-restore")) == replaced
-    assert_restored(database, upgraded_with_backup)
-
-
-def corrupt(backup: Path, how: str) -> None:
-    if how == "random bytes":
-        backup.write_bytes(bytes(range(256)) * 64)
-    else:
-        backup.write_bytes(backup.read_bytes()[: 4096 + 100])
-
-
-@pytest.mark.parametrize("how", ["random bytes", "truncated"])
-def test_corrupt_backup_is_refused_and_nothing_is_replaced(
-    database: Path, upgraded_with_backup: Path, how: str
-) -> None:
-    corrupt(upgraded_with_backup, how)
-    checksum = sha256_of(database)
-
-    with pytest.raises(BackupError, match="not a readable SQLite backup|integrity check"):
-        restore_backup(upgraded_with_backup, database)
-
-    assert sha256_of(database) == checksum
-    assert not database.with_name("anibridge_jobs.db.before-restore").exists()
-
-
-def test_restore_command_refuses_a_corrupt_backup_in_one_line(
-    database: Path, upgraded_with_backup: Path
-) -> None:
-    corrupt(upgraded_with_backup, "random bytes")
-    checksum = sha256_of(database)
-
-    result = anibridge(["restore", str(upgraded_with_backup)], command_environment(database.parent))
-
-    line = failure_line(result, "anibridge: error:")
-    assert str(upgraded_with_backup) in line and "not a readable SQLite backup" in line
-    assert sha256_of(database) == checksum
-    assert not database.with_name("anibridge_jobs.db.before-restore").exists()

@@ -28,6 +28,8 @@ from app.db.upgrade import upgrade_database
 from tests.conftest import postgres_server_url, settings_for
 from tests.faults import (
     BASELINE,
+    FAILING,
+    FAILING_BODY,
     HEAD,
     REPO_ROOT,
     DatabaseState,
@@ -80,22 +82,6 @@ SLOW_REBUILD = InjectedRevision(
 """,
 )
 
-FAILING_BODY = """\
-    op.create_table(
-        "fault_audit",
-        sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("note", sa.String(), nullable=False),
-    )
-    with op.batch_alter_table("job") as batch_op:
-        batch_op.add_column(sa.Column("fault_flag", sa.Integer(), nullable=True))
-    op.execute("INSERT INTO fault_audit (id, note) VALUES (1, 'written before the failure')")
-    op.execute("UPDATE job SET fault_flag = 1, status = 'failed'")
-    op.execute("DELETE FROM clienttask")
-    raise RuntimeError("injected failure after real DDL and data changes")
-"""
-FAILING = InjectedRevision(
-    "fa11ed000001", HEAD, "Fail after changing schema and rows", FAILING_BODY
-)
 SUCCEEDING = InjectedRevision(
     revision="900d00000001",
     down_revision=HEAD,
@@ -221,8 +207,8 @@ def assert_at_one_known_revision(url: URL, expected: dict[str, DatabaseState]) -
 def phase_reached(output: str) -> str:
     """How far a killed upgrade got, from its last log line."""
     for marker, phase in (
-        ("Applied revision", "revision applied, commit pending or done"),
-        ("Running upgrade", "inside the revision"),
+        ("Applied revision", "revision applied and committed"),
+        ("Running upgrade", "inside the revision or its commit"),
         ("Backed up", "backup taken"),
         ("Context impl", "connected, backup not finished"),
     ):

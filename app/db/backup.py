@@ -1,4 +1,4 @@
-"""Snapshots of the SQLite database taken before an upgrade, and their restore.
+"""Snapshots of the SQLite database taken before an upgrade (restore: app.db.restore).
 
 The snapshot is taken through a separate read-only connection holding a read
 lock, while the upgrade already holds the write lock (`BEGIN IMMEDIATE`), so
@@ -7,9 +7,13 @@ WAL mode alike. It is written under a temporary name, flushed to disk and
 renamed when complete, so a kill never leaves a half backup that looks whole.
 """
 
+import ctypes
+import filecmp
+import functools
 import logging
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 from datetime import UTC, datetime
@@ -21,6 +25,7 @@ log = logging.getLogger(__name__)
 
 FREE_SPACE_MARGIN = 1.1
 PARTIAL_SUFFIX = ".partial"
+PR_SET_PDEATHSIG = 1
 
 
 def database_size(database: Path) -> int:
@@ -48,25 +53,40 @@ def read_backup_name(backup: Path, database: Path) -> tuple[str | None, datetime
     return (None if revision == UNVERSIONED else revision), created
 
 
-def backup_database(
-    database: Path, backups_dir: Path, revision: str | None, keep: int
-) -> Path | None:
-    """Snapshot `database` into `backups_dir`, keeping the newest `keep` backups.
+def backup_database(database: Path, backups_dir: Path, revision: str | None) -> Path:
+    """Snapshot `database` into `backups_dir` and return the backup holding its state.
 
-    Returns the backup's path, or None when backups are turned off (keep=0).
+    When a backup of the same revision already holds exactly this state (a
+    start that failed and is retried), the new copy is dropped and that one is
+    returned: a restart loop adds no backups. Old backups are pruned only after
+    a successful migration (`prune_backups`), so a failing start removes none.
     """
-    if keep == 0:
-        return None
     _make_private_dir(backups_dir)
     _remove_partials(backups_dir)
     _require_free_space(database, backups_dir)
     target = backups_dir / backup_name(database, revision, datetime.now(UTC))
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
     _copy_consistently(database, partial)
+    identical = _identical_backup(partial, backups_dir, database, revision)
+    if identical is not None:
+        partial.unlink()
+        log.info("%s is unchanged since backup %s: no new backup", database.name, identical)
+        return identical
     os.replace(partial, target)
-    prune_backups(backups_dir, database, keep)
     log.info("Backed up %s to %s before migrating", database.name, target)
     return target
+
+
+def _identical_backup(
+    copy: Path, backups_dir: Path, database: Path, revision: str | None
+) -> Path | None:
+    """The newest earlier backup of `revision` whose bytes equal `copy`, if any."""
+    for earlier in reversed(list_backups(backups_dir, database)):
+        if read_backup_name(earlier, database)[0] == revision and filecmp.cmp(
+            copy, earlier, shallow=False
+        ):
+            return earlier
+    return None
 
 
 def _make_private_dir(backups_dir: Path) -> None:
@@ -112,13 +132,39 @@ def _copy_consistently(database: Path, target: Path) -> None:
         if source.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
             _copy_pages(source, target)
         else:
-            subprocess.run(["cp", "--", str(database), str(target)], check=True)
-        _fsync(target)
-    except (sqlite3.Error, OSError, subprocess.CalledProcessError) as exc:
+            _copy_file_in_child(database, target)
+        fsync_file(target)
+    except (sqlite3.Error, OSError) as exc:
         target.unlink(missing_ok=True)
-        raise BackupError(f"backup of {database} failed: {exc}") from None
+        raise BackupError(
+            f"backup of {database} failed: {exc}; check the backup folder {target.parent} "
+            "(free space, permissions), or set DB_BACKUP_KEEP=0 to upgrade without a backup"
+        ) from None
     finally:
         source.close()
+
+
+def _copy_file_in_child(database: Path, target: Path) -> None:
+    """`cp` in a child that the kernel kills if this process dies (SIGTERM, SIGKILL).
+
+    Without that, a stopped container start would leave the copier running,
+    still writing into the backup folder after the next start has begun.
+    """
+    result = subprocess.run(
+        ["cp", "--", str(database), str(target)],
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise OSError(result.stderr.strip() or f"cp exited with {result.returncode}")
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: ask for SIGKILL when the parent dies (Linux prctl)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _copy_pages(source: sqlite3.Connection, target: Path) -> None:
@@ -129,7 +175,7 @@ def _copy_pages(source: sqlite3.Connection, target: Path) -> None:
         destination.close()
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -144,36 +190,6 @@ def list_backups(backups_dir: Path, database: Path) -> list[Path]:
 
 
 def prune_backups(backups_dir: Path, database: Path, keep: int) -> None:
+    """Keep the newest `keep` backups; run only once a migration has succeeded."""
     for old in list_backups(backups_dir, database)[:-keep]:
         old.unlink(missing_ok=True)
-
-
-def restore_backup(backup: Path, database: Path) -> Path:
-    """Put `backup` in place of `database`; the current file is kept aside.
-
-    Run it with the service stopped. Returns where the replaced file went.
-    """
-    _require_intact(backup)
-    aside = database.with_name(f"{database.name}.before-restore")
-    staged = database.with_name(f"{database.name}.restoring")
-    shutil.copyfile(backup, staged)
-    os.chmod(staged, 0o600)
-    if database.exists():
-        os.replace(database, aside)
-    for companion in ("-wal", "-shm", "-journal"):
-        Path(f"{database}{companion}").unlink(missing_ok=True)
-    os.replace(staged, database)
-    return aside
-
-
-def _require_intact(backup: Path) -> None:
-    try:
-        connection = sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            result = connection.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            connection.close()
-    except sqlite3.Error as exc:
-        raise BackupError(f"{backup} is not a readable SQLite backup: {exc}") from None
-    if result != "ok":
-        raise BackupError(f"{backup} fails SQLite's integrity check: {result}")

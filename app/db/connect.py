@@ -21,8 +21,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.config import SQLITE_HEADER, Settings
-from app.db.engine import make_engine
-from app.db.errors import DatabaseUnavailableError
+from app.db.engine import is_migration_engine, make_engine
+from app.db.errors import DatabaseUnavailableError, MigrationError, describe_database_error
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,6 @@ def check_sqlite_file(path: Path, *, writable: bool = True) -> None:
         )
 
 
-def describe_failure(exc: DBAPIError | sqlite3.Error, url: URL) -> str:
-    """The driver's first line, password masked; a locked SQLite file says who may hold it."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    reason = str(orig).strip().splitlines()[0] if orig else type(exc).__name__
-    if "database is locked" in reason or "lock timeout" in reason:
-        reason += " (an upgrade or another writer holds it; try again when it has finished)"
-    if url.password:
-        reason = reason.replace(str(url.password), "***")
-    return reason
-
-
 @contextmanager
 def migration_connection(
     settings: Settings, handed_in: Any = None, *, read_only: bool = False
@@ -88,6 +77,32 @@ def migration_connection(
             yield connection
 
 
+def require_migration_settings(connection: Connection) -> None:
+    """Refuse a SQLite connection not built by `make_engine(..., for_migrations=True)`.
+
+    Checked before a command that writes (upgrade, downgrade, stamp) on any
+    connection, which matters for one handed in through config.attributes.
+
+    Anything else would run each DDL statement in its own transaction (the
+    driver's implicit transactions) or cascade-delete child rows during a
+    batch rebuild (foreign keys on).
+    """
+    if connection.dialect.name != "sqlite":
+        return
+    driver = connection.connection.driver_connection
+    foreign_keys = driver.execute("PRAGMA foreign_keys").fetchone()[0]
+    if (
+        driver.isolation_level is not None
+        or foreign_keys
+        or not is_migration_engine(connection.engine)
+    ):
+        raise MigrationError(
+            "the connection handed to Alembic (config.attributes['connection']) lacks the "
+            "migration settings (driver autocommit, BEGIN IMMEDIATE, foreign keys off); "
+            "build it with app.db.engine.make_engine(url, for_migrations=True)"
+        )
+
+
 @contextmanager
 def connect_for_migrations(settings: Settings, *, read_only: bool = False) -> Iterator[Connection]:
     """A checked connection; `read_only` ones write nothing and take no write lock.
@@ -102,8 +117,12 @@ def connect_for_migrations(settings: Settings, *, read_only: bool = False) -> It
         if url.get_backend_name() == "sqlite":
             check_sqlite_file(Path(url.database), writable=not read_only)
         engine = make_engine(url, for_migrations=not read_only, read_only=read_only)
+    # A SQLite migration connection is probed by the upgrade once it holds the
+    # upgrade lock: another upgrade's long table rebuild must be waited for, not
+    # run into SQLite's busy timeout.
+    probe_now = read_only or url.get_backend_name() != "sqlite"
     try:
-        with _connect_with_retries(engine, url, settings.connect_retries) as connection:
+        with _connect_with_retries(engine, url, settings.connect_retries, probe_now) as connection:
             yield connection
     except OperationalError as exc:
         if read_only and is_lock_conflict(exc):
@@ -121,14 +140,25 @@ def is_lock_conflict(exc: OperationalError) -> bool:
     return "database is locked" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "55P03"
 
 
-def _probe(connection: Connection) -> None:
-    """Read something, so a corrupt file or a dead server shows now.
+def probe(connection: Connection) -> None:
+    """Read something, so a corrupt file or a dead server shows now, as one line.
 
     On SQLite the probe goes through the raw driver connection, which is in
     autocommit mode for migrations: it must not take the write lock that
     another process's upgrade may be holding while this one waits its turn.
     Its errors are the driver's own (`sqlite3.Error`), not SQLAlchemy's.
     """
+    try:
+        _read_something(connection)
+    except (DBAPIError, sqlite3.Error) as exc:
+        url = connection.engine.url
+        raise DatabaseUnavailableError(
+            f"cannot use the database {url.render_as_string(hide_password=True)}: "
+            f"{describe_database_error(exc, url)}"
+        ) from None
+
+
+def _read_something(connection: Connection) -> None:
     if connection.dialect.name == "sqlite":
         connection.connection.driver_connection.execute("SELECT 1 FROM sqlite_master LIMIT 1")
     else:
@@ -137,15 +167,16 @@ def _probe(connection: Connection) -> None:
 
 
 @contextmanager
-def _connect_with_retries(engine, url: URL, retries: int) -> Iterator[Connection]:
+def _connect_with_retries(engine, url: URL, retries: int, probe_now: bool) -> Iterator[Connection]:
     safe_url = url.render_as_string(hide_password=True)
     for attempt in range(retries + 1):
         try:
             connection = engine.connect()
-            _probe(connection)
+            if probe_now:
+                _read_something(connection)
             break
         except (DBAPIError, sqlite3.Error) as exc:
-            reason = describe_failure(exc, url)
+            reason = describe_database_error(exc, url)
             if url.get_backend_name() == "sqlite" or attempt == retries:
                 raise DatabaseUnavailableError(
                     f"cannot use the database {safe_url}: {reason}"

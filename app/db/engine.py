@@ -16,12 +16,14 @@ sessions are read-only, and neither waits more than a second on a lock an
 upgrade holds.
 """
 
+import glob
 import logging
-import sqlite3
+import os
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,17 @@ def make_engine(url: URL, *, for_migrations: bool = False, read_only: bool = Fal
         return _make_read_only_engine(url)
     if url.get_backend_name() == "sqlite":
         return _make_sqlite_engine(url, for_migrations=for_migrations)
+    if for_migrations:
+        # Each statement sees what committed before it, whatever the server's
+        # default: the version read after the advisory lock is the latest one.
+        return create_engine(
+            url,
+            connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+            poolclass=NullPool,
+            isolation_level="READ COMMITTED",
+        )
     return create_engine(
-        url,
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
-        poolclass=NullPool if for_migrations else None,
+        url, pool_pre_ping=True, connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
     )
 
 
@@ -83,33 +91,54 @@ def _make_sqlite_engine(url: URL, *, for_migrations: bool) -> Engine:
         cursor.close()
 
     if for_migrations:
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(connection) -> None:
-            begin_immediate_saying_when_it_waits(connection, url.database)
-
+        event.listen(engine, "begin", begin_immediate)
     return engine
 
 
-def begin_immediate_saying_when_it_waits(connection: Connection, database: str) -> None:
-    """`BEGIN IMMEDIATE`; when another connection is writing, log that before waiting for it.
+def begin_immediate(connection: Connection) -> None:
+    """Open the migration transaction with SQLite's write lock taken at once.
 
-    The first attempt does not wait (busy timeout 0); only a busy file leads to
-    the log line and the second, waiting attempt.
+    When another process holds the write lock, log that (and who has the file
+    open) before waiting for it up to SQLite's busy timeout.
     """
-    driver_connection = connection.connection.driver_connection
-    driver_connection.execute("PRAGMA busy_timeout = 0")
+    driver = connection.connection.driver_connection
+    driver.execute("PRAGMA busy_timeout = 0")
     try:
-        driver_connection.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc):
-            raise
-        log.info(
-            "Waiting for the SQLite file %s: another connection is writing to it (up to %d s)",
-            database,
-            SQLITE_BUSY_TIMEOUT_S,
-        )
-        driver_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    except OperationalError as exc:
+        if "locked" not in str(exc.orig):
+            raise
     finally:
-        driver_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+        driver.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+    database = connection.engine.url.database
+    log.info(
+        "Waiting for the SQLite file %s: another connection is writing to it (up to %d s)%s",
+        database,
+        SQLITE_BUSY_TIMEOUT_S,
+        other_processes_using(database),
+    )
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def other_processes_using(path: str) -> str:
+    """`" (open in pid 12 python, ...)"` from /proc, or "" where that cannot be seen."""
+    target = os.path.realpath(path)
+    users = []
+    for fd_dir in glob.glob("/proc/[0-9]*/fd"):
+        pid = int(fd_dir.split("/")[2])
+        if pid == os.getpid():
+            continue
+        try:
+            links = {os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)}
+            if target in links:
+                with open(f"/proc/{pid}/comm") as comm:
+                    users.append(f"pid {pid} {comm.read().strip()}")
+        except OSError:
+            continue
+    return f" (open in {', '.join(users)})" if users else ""
+
+
+def is_migration_engine(engine: Engine) -> bool:
+    """Whether `engine` came from `make_engine(..., for_migrations=True)` (SQLite only)."""
+    return event.contains(engine, "begin", begin_immediate)

@@ -1,15 +1,21 @@
-"""Serialise concurrent upgrades of one database.
+"""Serialise concurrent upgrades of one database, and keep restores away from users.
 
 SQLite: an exclusive `flock` on a lock file beside the database, shared by
-every process and container that mounts the same volume. PostgreSQL: a
-transaction-level advisory lock, released by commit, rollback or a dead
-connection. Either way a killed holder frees the lock at once, and waiters log
-while they wait and give up after a bound.
+every process and container that mounts the same volume; the holder writes its
+pid and host into the file, so waiters can say whom they wait for. PostgreSQL:
+a transaction-level advisory lock, released by commit, rollback or a dead
+connection, then a bound on how long DDL waits for table locks. Either way a
+killed holder frees the lock at once, and waiters log while they wait and give
+up after a bound.
+
+A running service holds a second lock file shared for its lifetime;
+`anibridge restore` takes both exclusively, or refuses.
 """
 
 import fcntl
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,9 +24,9 @@ from pathlib import Path
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
-from app.config import migration_lock_path
+from app.config import migration_lock_path, service_lock_path
 from app.db.engine import make_engine
-from app.db.errors import MigrationError, MigrationLockTimeoutError
+from app.db.errors import DatabaseInUseError, MigrationError, MigrationLockTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,9 @@ ADVISORY_LOCK_HELD = text(
     "AND classid = 0 AND objid = CAST(:key AS oid) AND objsubid = 1)"
 )
 LOG_EVERY_S = 10.0
+DDL_LOCK_TIMEOUT = "30s"
+"""How long one PostgreSQL statement of a migration waits for a table lock."""
+HOLDER_BYTES = 200
 
 
 @contextmanager
@@ -49,9 +58,15 @@ def sqlite_upgrade_lock(connection: Connection, timeout_s: float) -> Iterator[No
 
 
 def take_postgres_upgrade_lock(connection: Connection, timeout_s: float) -> None:
-    """Take the advisory lock for the current transaction; does nothing on SQLite."""
+    """Take the advisory lock for the current transaction; does nothing on SQLite.
+
+    Then bound every later statement's wait for a table lock: DDL behind a
+    running service's open transaction fails with a clear line instead of
+    queueing forever (and blocking every query queued behind it).
+    """
     if connection.dialect.name == "postgresql":
         _wait_for(lambda: _try_postgres_lock(connection), timeout_s, "the PostgreSQL advisory lock")
+        connection.execute(text(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
 
 
 def upgrade_running(url: URL) -> bool:
@@ -89,27 +104,85 @@ def _postgres_lock_held(url: URL) -> bool:
 
 
 @contextmanager
-def _sqlite_file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+def service_lock(database: Path, timeout_s: float) -> Iterator[None]:
+    """Hold the service lock of a SQLite `database` shared while serving from it."""
+    fd = _open_lock_file(service_lock_path(database))
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise MigrationError(
-            f"cannot create the migration lock {path}: {exc.strerror}; "
-            "make the data directory writable by the service user"
-        ) from None
-    try:
-        _wait_for(lambda: _try_flock(fd), timeout_s, str(path))
+        _wait_for(
+            lambda: _try_flock(fd, fcntl.LOCK_SH),
+            timeout_s,
+            str(service_lock_path(database)),
+            waiting_for="a restore of the database to finish",
+        )
         yield
     finally:
         os.close(fd)
 
 
-def _try_flock(fd: int) -> bool:
+@contextmanager
+def exclusive_database_use(database: Path) -> Iterator[None]:
+    """Hold both lock files exclusively, or refuse at once: for replacing the database."""
+    fds = []
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for path, user in (
+            (migration_lock_path(database), "an upgrade"),
+            (service_lock_path(database), "a running AniBridge service"),
+        ):
+            fds.append(_open_lock_file(path))
+            if not _try_flock(fds[-1], fcntl.LOCK_EX):
+                raise DatabaseInUseError(
+                    f"{database} is in use by {user}{_holder_note(fds[-1])}; stop it "
+                    "(docker compose stop anibridge) and run the command again"
+                )
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@contextmanager
+def _sqlite_file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    fd = _open_lock_file(path)
+    try:
+        _wait_for(
+            lambda: _try_flock(fd, fcntl.LOCK_EX),
+            timeout_s,
+            str(path),
+            holder=lambda: _holder_note(fd),
+        )
+        _write_holder(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise MigrationError(
+            f"cannot open the lock file {path}: {exc.strerror}; "
+            "make the data directory writable by the service user"
+        ) from None
+
+
+def _try_flock(fd: int, mode: int) -> bool:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
+
+
+def _write_holder(fd: int) -> None:
+    """Record who holds the lock; a stale record is harmless (the flock decides)."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode(), 0)
+
+
+def _holder_note(fd: int) -> str:
+    holder = os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip()
+    return f" (held by {holder})" if holder else ""
 
 
 def _try_postgres_lock(connection: Connection) -> bool:
@@ -117,17 +190,23 @@ def _try_postgres_lock(connection: Connection) -> bool:
     return bool(connection.execute(query, {"key": POSTGRES_LOCK_KEY}).scalar())
 
 
-def _wait_for(try_lock: Callable[[], bool], timeout_s: float, what: str) -> None:
+def _wait_for(
+    try_lock: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    holder: Callable[[], str] = str,
+    waiting_for: str = "another upgrade to finish",
+) -> None:
     started = time.monotonic()
     next_log = started
     while not try_lock():
         waited = time.monotonic() - started
         if waited >= timeout_s:
             raise MigrationLockTimeoutError(
-                f"another upgrade held {what} for over {timeout_s:.0f} s; wait for it to "
-                "finish or stop it, or raise DB_MIGRATION_LOCK_TIMEOUT"
+                f"gave up waiting for {waiting_for} after {timeout_s:.0f} s ({what}"
+                f"{holder()}); wait for it or stop it, or raise DB_MIGRATION_LOCK_TIMEOUT"
             )
         if time.monotonic() >= next_log:
-            log.info("Waiting for another upgrade to finish (%s, %.0f s so far)", what, waited)
+            log.info("Waiting for %s (%s%s, %.0f s so far)", waiting_for, what, holder(), waited)
             next_log += LOG_EVERY_S
         time.sleep(POLL_INTERVAL_S)

@@ -12,7 +12,10 @@ connection. For the others, `guarded_migrations` turns Alembic's plain run into:
    their rows, is backed up too);
 5. on SQLite, the user's views and triggers set aside while revisions run
    (a batch-mode table rebuild fails on them otherwise; see app.db.user_objects);
-6. after the revisions ran: a foreign-key check on SQLite, then commit.
+6. after the revisions ran: a foreign-key check on SQLite, then commit; only
+   then are the revisions logged as applied and old backups pruned;
+7. any failure becomes one line that says the run was rolled back and names
+   the backup holding the database as it was before.
 
 `upgrade_database` is the in-process entry point used at start-up and by the
 `anibridge migrate` command; it hands its connection to Alembic so both paths
@@ -35,6 +38,7 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from app import app_version
 from app.config import Settings
@@ -43,9 +47,9 @@ from app.db.adoption import (
     has_unversioned_app_tables,
     recognise_unversioned_database,
 )
-from app.db.backup import backup_database
-from app.db.connect import connect_for_migrations
-from app.db.errors import DatabaseNewerThanCodeError, MigrationError
+from app.db.backup import backup_database, prune_backups
+from app.db.connect import connect_for_migrations, probe, require_migration_settings
+from app.db.errors import DatabaseNewerThanCodeError, MigrationError, describe_database_error
 from app.db.history import HistoryRecorder, HistoryRow, record, release_that_applied
 from app.db.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
 from app.db.progress import RevisionHeartbeat
@@ -169,6 +173,14 @@ def own_transaction(connection: Connection) -> AbstractContextManager:
     return nullcontext() if connection.in_transaction() else connection.begin()
 
 
+@dataclass
+class Attempt:
+    """What one run has found so far: the database's versions, the backup taken, if any."""
+
+    backup: Path | None = None
+    current: tuple[str, ...] = ()
+
+
 @contextmanager
 def read_only_run(
     env: EnvironmentContext, connection: Connection, settings: Settings, **options: Any
@@ -189,50 +201,121 @@ def guarded_migrations(
 ) -> Iterator[None]:
     """Configure `env` on `connection` and wrap its run in the protections listed above."""
     timeout = settings.migration_lock_timeout
-    with sqlite_upgrade_lock(connection, timeout), own_transaction(connection):
-        take_postgres_upgrade_lock(connection, timeout)
-        timer, heartbeat, history = (
-            RevisionTimer(),
-            RevisionHeartbeat(),
-            HistoryRecorder(env.script),
-        )
-        env.configure(
-            connection=connection, on_version_apply=each_of(timer, history, heartbeat), **options
-        )
-        current = refuse_unknown_revisions(env.script, connection)
-        destination = env.get_revision_argument()
-        plan = prepare_run(
-            env.script, connection, plan_run(env.script, current, destination), settings
-        )
-        timer.restart()
-        history.restart()
-        set_aside = views_and_triggers_set_aside(connection) if plan.revisions else nullcontext()
-        with set_aside, heartbeat.running_revisions(plan.revisions):
-            yield
+    attempt = Attempt()
+    revision_log, heartbeat, history = (
+        RevisionLog(),
+        RevisionHeartbeat(),
+        HistoryRecorder(env.script),
+    )
+    with sqlite_upgrade_lock(connection, timeout), failures_explained(env, connection, attempt):
         if connection.dialect.name == "sqlite":
-            require_foreign_keys_intact(connection)
+            probe(connection)
+        with own_transaction(connection):
+            take_postgres_upgrade_lock(connection, timeout)
+            require_migration_settings(connection)
+            env.configure(
+                connection=connection,
+                on_version_apply=each_of(revision_log, history, heartbeat),
+                **options,
+            )
+            attempt.current = refuse_unknown_revisions(env.script, connection)
+            plan = plan_run(env.script, attempt.current, env.get_revision_argument())
+            plan = prepare_run(env.script, connection, plan, settings, attempt)
+            revision_log.restart()
+            history.restart()
+            set_aside = (
+                views_and_triggers_set_aside(connection) if plan.revisions else nullcontext()
+            )
+            with set_aside, heartbeat.running_revisions(plan.revisions):
+                yield
+            if connection.dialect.name == "sqlite":
+                require_foreign_keys_intact(connection)
+        revision_log.report()
+        if attempt.backup is not None:
+            prune_backups(attempt.backup.parent, sqlite_file(connection), settings.backup_keep)
+
+
+@contextmanager
+def failures_explained(
+    env: EnvironmentContext, connection: Connection, attempt: Attempt
+) -> Iterator[None]:
+    """Turn any failure of the run into one MigrationError line naming the backup, if any.
+
+    The transaction has been rolled back by then, so the line says so. The
+    traceback goes to the debug log (LOG_LEVEL=debug).
+    """
+    try:
+        yield
+    except MigrationError as exc:
+        raise type(exc)(f"{exc}{backup_note(attempt)}") from None
+    except CommandError as exc:
+        refuse_overlapping_versions(env.script, attempt.current)
+        raise MigrationError(f"{exc}{backup_note(attempt)}") from None
+    except DBAPIError as exc:
+        log.debug("The migration failed", exc_info=True)
+        raise MigrationError(
+            f"the migration failed and was rolled back: "
+            f"{describe_database_error(exc, connection.engine.url)}{backup_note(attempt)}"
+        ) from None
+    except Exception as exc:
+        log.debug("The migration failed", exc_info=True)
+        raise MigrationError(
+            f"the migration failed and was rolled back: {type(exc).__name__}: {exc}; fix the "
+            f"revision (LOG_LEVEL=debug shows the traceback){backup_note(attempt)}"
+        ) from None
+
+
+def backup_note(attempt: Attempt) -> str:
+    if attempt.backup is None:
+        return ""
+    return f"; the database as it was before this attempt is backed up in {attempt.backup}"
+
+
+def refuse_overlapping_versions(script: ScriptDirectory, heads: tuple[str, ...]) -> None:
+    """Explain an alembic_version with a row that is an ancestor of another row.
+
+    Alembic refuses such a table with "overlaps with other requested revisions";
+    `alembic stamp --purge` still works on it, so this runs only once Alembic failed.
+    """
+    for head in heads:
+        older = {rev.revision for rev in script.walk_revisions("base", head)} - {head}
+        stale = sorted(older.intersection(heads))
+        if stale:
+            rows = ", ".join(stale)
+            raise MigrationError(
+                f"alembic_version holds {len(heads)} rows ({', '.join(heads)}), but {rows} is "
+                f"an ancestor of {head}; check that the schema is at {head} (`alembic check`), "
+                f"then delete the stale row (DELETE FROM alembic_version WHERE version_num = "
+                f"'{stale[0]}') and start again"
+            )
 
 
 def prepare_run(
-    script: ScriptDirectory, connection: Connection, plan: RunPlan, settings: Settings
+    script: ScriptDirectory,
+    connection: Connection,
+    plan: RunPlan,
+    settings: Settings,
+    attempt: Attempt,
 ) -> RunPlan:
     """Adopt a legacy database, log the starting point, and back up if anything will change.
 
     An unversioned database is recognised before the backup: one that is refused
-    leaves no backup behind to push older ones out. Returns the plan left to run
-    (without the baseline, when adoption stamped it).
+    leaves no backup behind. The backup is noted in `attempt`. Returns the plan
+    left to run (without the baseline, when adoption stamped it).
     """
+    backup = None
     if plan.direction == "upgrade" and has_unversioned_app_tables(connection, plan.current):
         started = time.perf_counter()
         known = recognise_unversioned_database(connection, script)
-        backup_if_sqlite(connection, None, settings)
+        backup = backup_if_sqlite(connection, None, settings)
         adopted = adopt_legacy_database(connection, script, known)
         record(connection, script, adopted, "adopt", time.perf_counter() - started)
         plan = RunPlan((adopted,), plan.direction, plan.revisions[1:])
     elif plan.current and plan.revisions:
-        backup_if_sqlite(connection, plan.current[0], settings)
+        backup = backup_if_sqlite(connection, plan.current[0], settings)
     if not plan.revisions:
         log.info("Database is up to date at revision %s", ", ".join(plan.current) or "base")
+    attempt.backup = backup
     return plan
 
 
@@ -246,10 +329,16 @@ def each_of(*callbacks: Callable[..., None]) -> Callable[..., None]:
     return on_version_apply
 
 
-def backup_if_sqlite(connection: Connection, revision: str | None, settings: Settings) -> None:
-    if connection.dialect.name == "sqlite":
-        database = Path(connection.engine.url.database)
-        backup_database(database, settings.data_dir / "backups", revision, settings.backup_keep)
+def sqlite_file(connection: Connection) -> Path:
+    return Path(connection.engine.url.database)
+
+
+def backup_if_sqlite(
+    connection: Connection, revision: str | None, settings: Settings
+) -> Path | None:
+    if connection.dialect.name != "sqlite" or settings.backup_keep == 0:
+        return None
+    return backup_database(sqlite_file(connection), settings.data_dir / "backups", revision)
 
 
 def require_foreign_keys_intact(connection: Connection) -> None:
@@ -263,10 +352,15 @@ def require_foreign_keys_intact(connection: Connection) -> None:
         )
 
 
-class RevisionTimer:
-    """An `on_version_apply` callback that logs each revision with its duration."""
+class RevisionLog:
+    """An `on_version_apply` callback that times each revision; `report` logs them.
+
+    Called once the transaction has committed, so "Applied" is never logged
+    for a revision a later failure rolled back.
+    """
 
     def __init__(self) -> None:
+        self.steps: list[tuple[str, str, float]] = []
         self.restart()
 
     def restart(self) -> None:
@@ -275,8 +369,12 @@ class RevisionTimer:
     def __call__(self, *, step, **_kwargs) -> None:
         now = time.perf_counter()
         direction = "Applied" if step.is_upgrade else "Reverted"
-        log.info("%s revision %s in %.3f s", direction, step.up_revision_id, now - self.last)
+        self.steps.append((direction, step.up_revision_id, now - self.last))
         self.last = now
+
+    def report(self) -> None:
+        for direction, revision, seconds in self.steps:
+            log.info("%s revision %s in %.3f s", direction, revision, seconds)
 
 
 def upgrade_database(settings: Settings, revision: str = "head") -> None:

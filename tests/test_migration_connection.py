@@ -1,0 +1,245 @@
+"""The migration connection and the upgrade's concurrency guards, each checked directly.
+
+Each test here fails when its protection is taken out of app/db: the write lock
+at BEGIN, the password mask, the refusal of a connection without the migration
+settings, the upgrade lock before the first read, READ COMMITTED and a bounded
+lock wait on PostgreSQL, "Applied" logged only after the commit.
+"""
+
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+
+import app.db.connect
+import app.db.engine
+import app.db.locking
+from app.config import migration_lock_path
+from app.db.connect import connect_for_migrations
+from app.db.engine import make_engine
+from app.db.errors import DatabaseUnavailableError, MigrationError, describe_database_error
+from app.db.locking import POSTGRES_LOCK_KEY
+from app.db.upgrade import alembic_config, current_heads, upgrade_database
+from tests.conftest import settings_for
+from tests.legacy_data import BASELINE, HEAD
+
+PASSWORD = "s3cret-Pw"
+
+
+def test_sqlite_migration_transaction_takes_the_write_lock_at_begin(
+    sqlite_url: URL, tmp_path: Path
+) -> None:
+    settings = settings_for(sqlite_url, tmp_path / "data")
+    other = sqlite3.connect(sqlite_url.database, timeout=0, isolation_level=None)
+    try:
+        with (
+            connect_for_migrations(settings) as connection,
+            connection.begin(),
+            pytest.raises(sqlite3.OperationalError, match="locked"),
+        ):
+            other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
+
+
+def driver_error(message: str) -> DBAPIError:
+    return DBAPIError("SELECT 1", {}, Exception(message))
+
+
+def test_a_password_in_a_driver_message_is_masked() -> None:
+    url = make_url(f"postgresql+psycopg://anibridge:{PASSWORD}@db:5432/anibridge")
+    error = driver_error(f'connection to "db" failed: password "{PASSWORD}" was rejected\nmore')
+
+    line = describe_database_error(error, url)
+
+    assert PASSWORD not in line and "***" in line and "\n" not in line
+
+
+def test_connection_errors_never_repeat_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = make_url(f"postgresql+psycopg://anibridge:{PASSWORD}@db:5432/anibridge")
+
+    class RefusingEngine:
+        def connect(self) -> None:
+            raise driver_error(f"could not connect with password={PASSWORD}")
+
+        def dispose(self) -> None:
+            pass
+
+    monkeypatch.setattr(app.db.connect, "make_engine", lambda *_args, **_kw: RefusingEngine())
+    settings = settings_for(url, tmp_path, DB_CONNECT_RETRIES="0")
+
+    with pytest.raises(DatabaseUnavailableError) as refusal, connect_for_migrations(settings):
+        pass
+
+    assert PASSWORD not in str(refusal.value)
+    assert "postgresql+psycopg://anibridge:***@db:5432/anibridge" in str(refusal.value)
+
+
+def test_a_handed_in_sqlite_connection_without_the_migration_settings_is_refused(
+    sqlite_url: URL, tmp_path: Path
+) -> None:
+    settings = settings_for(sqlite_url, tmp_path / "data")
+    engine = sa.create_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            with pytest.raises(MigrationError, match="lacks the migration settings"):
+                command.upgrade(alembic_config(connection, settings), "head")
+            assert sa.inspect(connection).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
+def hold_sqlite_upgrade(database: Path, seconds: float, holding: threading.Event) -> None:
+    """Act as another upgrade: the lock file, then SQLite's exclusive lock, for `seconds`."""
+    lock = os.open(migration_lock_path(database), os.O_RDWR | os.O_CREAT, 0o600)
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        connection.execute("BEGIN EXCLUSIVE")
+        holding.set()
+        time.sleep(seconds)
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+        os.close(lock)
+
+
+def test_a_second_sqlite_upgrade_waits_for_the_lock_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder keeps SQLite locked longer than the busy timeout: only the lock file waits."""
+    monkeypatch.setattr(app.db.engine, "SQLITE_BUSY_TIMEOUT_S", 1)
+    database = tmp_path / "anibridge_jobs.db"
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+    upgrade_database(settings, BASELINE)
+    holding = threading.Event()
+    holder = threading.Thread(target=hold_sqlite_upgrade, args=(database, 2.5, holding))
+    holder.start()
+    try:
+        assert holding.wait(10)
+        upgrade_database(settings)
+    finally:
+        holder.join()
+
+    with connect_for_migrations(settings, read_only=True) as connection:
+        assert current_heads(connection) == (HEAD,)
+
+
+class VersionAtLog(logging.Handler):
+    """Reads the database's version, from another connection, when "Applied" is logged."""
+
+    def __init__(self, url: URL) -> None:
+        super().__init__()
+        self.engine = make_engine(url)
+        self.seen: list[tuple[str, ...]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Applied revision"):
+            with self.engine.connect() as connection:
+                self.seen.append(current_heads(connection))
+
+
+def test_applied_is_logged_only_after_the_commit(settings, caplog) -> None:
+    upgrade_database(settings, BASELINE)
+    watcher = VersionAtLog(settings.database_url)
+    logger = logging.getLogger("app.db.upgrade")
+    logger.addHandler(watcher)
+    try:
+        with caplog.at_level(logging.INFO, logger="app.db.upgrade"):
+            upgrade_database(settings)
+    finally:
+        logger.removeHandler(watcher)
+        watcher.engine.dispose()
+
+    assert watcher.seen == [(HEAD,)]
+
+
+@pytest.fixture
+def database_default_isolation(postgres_admin: sa.Engine, postgres_url: URL):
+    """Set the test database's default isolation level for new sessions; reset it after."""
+
+    def set_default(level: str) -> None:
+        with postgres_admin.connect() as connection:
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{postgres_url.database}" '
+                f"SET default_transaction_isolation = '{level}'"
+            )
+
+    yield set_default
+    with postgres_admin.connect() as connection:
+        connection.exec_driver_sql(
+            f'ALTER DATABASE "{postgres_url.database}" RESET default_transaction_isolation'
+        )
+
+
+def test_postgres_upgrader_that_waited_sees_the_committed_upgrade(
+    postgres_url: URL, tmp_path: Path, database_default_isolation
+) -> None:
+    """Under a REPEATABLE READ default, a waiter's snapshot would predate the other's commit."""
+    database_default_isolation("repeatable read")
+    settings = settings_for(postgres_url, tmp_path)
+    engine = make_engine(postgres_url, for_migrations=True)
+    outcome: list[BaseException | None] = []
+
+    def second_upgrade() -> None:
+        try:
+            upgrade_database(settings)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    with engine.connect() as first, first.begin():
+        first.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_LOCK_KEY})
+        command.upgrade(alembic_config(first, settings), "head")
+        waiter = threading.Thread(target=second_upgrade)
+        waiter.start()
+        time.sleep(1.5)
+    waiter.join(60)
+    engine.dispose()
+
+    assert outcome == [None]
+    with connect_for_migrations(settings, read_only=True) as connection:
+        assert current_heads(connection) == (HEAD,)
+
+
+def test_postgres_ddl_waits_for_table_locks_only_so_long(
+    postgres_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service's open transaction holds a table: the upgrade gives up with one line."""
+    monkeypatch.setattr(app.db.locking, "DDL_LOCK_TIMEOUT", "1s")
+    settings = settings_for(postgres_url, tmp_path)
+    upgrade_database(settings, BASELINE)
+    service = make_engine(postgres_url)
+    release = threading.Event()
+
+    def hold_table() -> None:
+        with service.connect() as connection, connection.begin():
+            connection.exec_driver_sql("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_table)
+    holder.start()
+    time.sleep(0.5)
+    try:
+        with pytest.raises(MigrationError) as refusal:
+            upgrade_database(settings)
+    finally:
+        release.set()
+        holder.join()
+        service.dispose()
+
+    assert "lock timeout" in str(refusal.value) and "stop the service" in str(refusal.value)
+    with connect_for_migrations(settings, read_only=True) as connection:
+        assert current_heads(connection) == (BASELINE,)
