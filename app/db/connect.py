@@ -128,7 +128,7 @@ def connect_for_migrations(settings: Settings, *, read_only: bool = False) -> It
         if read_only and is_lock_conflict(exc):
             raise DatabaseUnavailableError(
                 f"cannot use the database {url.render_as_string(hide_password=True)}: "
-                f"{describe_failure(exc, url)}"
+                f"{describe_database_error(exc, url)}"
             ) from None
         raise
     finally:
