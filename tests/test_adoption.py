@@ -30,8 +30,12 @@ from tests.conftest import settings_for
 from tests.faults import (
     InjectedRevision,
     copy_project,
+    env_int,
     inject_revisions,
+    run_and_kill,
     run_upgrade,
+    seeded_random,
+    sqlite_integrity,
     upgrade_environment,
 )
 from tests.legacy_data import (
@@ -59,6 +63,7 @@ from tests.legacy_data import (
     dump_rows,
     dump_sqlite_rows,
     failure_line,
+    insert_rows,
     leave_in_write_ahead_log,
     legacy_rows,
     legacy_sql,
@@ -76,6 +81,7 @@ from tests.legacy_data import (
     view_counts,
     with_legacy_site,
 )
+from tests.test_faults import KILL_WINDOW_MARGIN
 
 LEGACY_ROWS = int(os.environ.get("LEGACY_ROWS", "3000"))
 ADOPTED_LOG = f"Adopted an unversioned database as baseline revision {BASELINE}"
@@ -624,3 +630,72 @@ def postgres_schemas(url: URL) -> set[str]:
     finally:
         engine.dispose()
     return set(names) - {"information_schema"}
+
+
+# --- kills during adoption ----------------------------------------------------
+
+ADOPTION_KILL_TRIALS = env_int("ADOPTION_KILL_TRIALS", 6)
+ADOPTION_KILL_ROWS = env_int("ADOPTION_KILL_ROWS", 100_000)
+
+
+def grown_release_file(path: Path, name: str, rows: int) -> Path:
+    """A release file whose `episodeavailability` gained `rows` generated rows."""
+    copy_release(name, path.parent)
+    grown = [
+        {**row, "slug": f"grown-{row['slug']}"}
+        for row in legacy_rows(SINGLE_SITE, rows)["episodeavailability"]
+    ]
+    connection = sqlite3.connect(path)
+    try:
+        insert_rows(connection, {"episodeavailability": grown})
+        connection.commit()
+    finally:
+        connection.close()
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_during_adoption_leaves_the_release_file_or_the_adopted_one(
+    tmp_path: Path,
+) -> None:
+    """Killed at any moment, the file is whole: as the release left it or adopted, never between."""
+    name = "v1.16.1.db"
+    template = grown_release_file(
+        tmp_path / "template" / "anibridge_jobs.db", name, ADOPTION_KILL_ROWS
+    )
+    columns = released_columns(name)
+    before = release_row_checksums(template, columns)
+    project = copy_project(tmp_path / "project")
+    data_dir = tmp_path / "data"
+    environ = upgrade_environment(project, sqlite_url(data_dir), data_dir)
+    copy_into(template, data_dir)
+    window = run_upgrade(project, environ, "app.migrate").seconds * KILL_WINDOW_MARGIN
+    rng = seeded_random("adoption kill")
+    ended = []
+    for _ in range(ADOPTION_KILL_TRIALS):
+        database = copy_into(template, data_dir)
+        run_and_kill(project, environ, rng.uniform(0, window))
+        assert sqlite_integrity(database) == "ok"
+        ended.append(sqlite_revision_or_none(database))
+        expected_definitions = multi_site_definitions() if ended[-1] else single_site_definitions()
+        assert release_definitions(database) == expected_definitions
+        assert release_row_checksums(database, columns) == before
+        rerun = run_upgrade(project, environ, "app.migrate")
+        assert rerun.returncode == 0, rerun.output
+        assert sqlite_revision(database) == HEAD
+        assert release_row_checksums(database, columns) == before
+    print(f"adoption kill: ended at {ended} (None: as the release left it)")
+
+
+def copy_into(template: Path, data_dir: Path) -> Path:
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    return Path(shutil.copyfile(template, data_dir / "anibridge_jobs.db"))
+
+
+def sqlite_revision_or_none(database: Path) -> str | None:
+    return sqlite_revision(database) if "alembic_version" in sqlite_table_names(database) else None
+
+
+def single_site_definitions() -> dict[str, str]:
+    return released_sqlite_schema(app.db.adoption.SINGLE_SITE).definitions
