@@ -10,6 +10,7 @@ per table) can be raised for long runs.
 
 import logging
 import os
+import random
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from tests.faults import (
     env_int,
     inject_revisions,
     run_and_kill,
+    run_concurrently,
     run_upgrade,
     seeded_random,
     sqlite_integrity,
@@ -52,6 +54,7 @@ from tests.legacy_data import (
     SITE_COLUMNS,
     SITES,
     TASK_STATES,
+    USER_ADDITIONS,
     VENV_BIN,
     add_to_release_file,
     alembic_upgrade_head,
@@ -699,3 +702,113 @@ def sqlite_revision_or_none(database: Path) -> str | None:
 
 def single_site_definitions() -> dict[str, str]:
     return released_sqlite_schema(app.db.adoption.SINGLE_SITE).definitions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["v1.16.1.db", "v1.16.1-then-v2.1.0.db"])
+def test_concurrent_starts_convert_a_release_file_once(name: str, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    data_dir = tmp_path / "data"
+    database = copy_release(name, data_dir)
+    environ = upgrade_environment(project, sqlite_url(data_dir), data_dir)
+
+    outcomes = run_concurrently(project, environ, ["alembic", "app.migrate"] * 2, tmp_path / "gate")
+
+    assert [outcome.returncode for outcome in outcomes] == [0] * 4, [o.output for o in outcomes]
+    conversions = sum("to the multi-site schema" in outcome.output for outcome in outcomes)
+    assert conversions == 1
+    assert sqlite_revision(database) == HEAD
+    assert release_row_checksums(database, released_columns(name)) == RELEASE_CHECKSUMS[name]
+    assert len(backup_files(data_dir)) == 1
+
+
+# --- random variants of the release files ----------------------------------------
+
+VARIANT_TRIALS = env_int("ADOPTION_VARIANT_TRIALS", 24)
+
+
+def table_and_column(rng: random.Random, connection: sqlite3.Connection) -> tuple[str, str]:
+    table = rng.choice(LEGACY_TABLES)
+    columns = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+    return table, rng.choice(columns)
+
+
+def add_column(rng: random.Random, connection: sqlite3.Connection) -> str:
+    table = rng.choice(LEGACY_TABLES)
+    kind = rng.choice(("TEXT", "INTEGER", "VARCHAR"))
+    connection.execute(f"ALTER TABLE {table} ADD COLUMN note {kind}")
+    return f"table {table}: column note ({kind}) is not part of that schema"
+
+
+def add_index(rng: random.Random, connection: sqlite3.Connection) -> str:
+    table, column = table_and_column(rng, connection)
+    connection.execute(f"CREATE INDEX my_index ON {table} ({column})")
+    return 'DROP INDEX "my_index"'
+
+
+def drop_index(rng: random.Random, connection: sqlite3.Connection) -> str:
+    (name,) = rng.choice(
+        connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        ).fetchall()
+    )
+    connection.execute(f"DROP INDEX {name}")
+    return f"index {name} on"
+
+
+def add_table(rng: random.Random, connection: sqlite3.Connection) -> str:
+    connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    return "table notes is not part of that schema"
+
+
+def rename_column(rng: random.Random, connection: sqlite3.Connection) -> str:
+    table, column = table_and_column(rng, connection)
+    if column == "note":
+        return rename_column(rng, connection)
+    connection.execute(f"ALTER TABLE {table} RENAME COLUMN {column} TO renamed_{column}")
+    return f"table {table}: column {column} is missing"
+
+
+REFUSED_CHANGES = (add_column, add_index, drop_index, add_table, rename_column)
+ACCEPTED_CHANGES = {
+    **USER_ADDITIONS,
+    "vacuum": lambda connection: connection.execute("VACUUM"),
+    "wal": lambda connection: connection.execute("PRAGMA journal_mode = WAL"),
+}
+
+
+def test_random_variants_of_release_files_are_adopted_whole_or_refused_untouched(
+    tmp_path: Path, head_shape: dict[str, TableShape]
+) -> None:
+    """Any mix of harmless additions is adopted; any other change is refused, named, untouched."""
+    rng = seeded_random("adoption variants")
+    for trial in range(VARIANT_TRIALS):
+        data_dir = tmp_path / f"trial-{trial}"
+        name = rng.choice(RELEASE_FILES)
+        database = copy_release(name, data_dir)
+        accepted = rng.sample(sorted(ACCEPTED_CHANGES), rng.randrange(len(ACCEPTED_CHANGES) + 1))
+        refused = rng.sample(REFUSED_CHANGES, rng.choice((0, 0, 1, 2)))
+        connection = sqlite3.connect(database, isolation_level=None)
+        try:
+            for change in accepted:
+                ACCEPTED_CHANGES[change](connection)
+            expected = [change(rng, connection) for change in refused]
+        finally:
+            connection.close()
+        label = f"trial {trial}: {name}, {accepted}, {[change.__name__ for change in refused]}"
+        checksum = sha256_of(database)
+        settings = settings_for(sqlite_url(data_dir), data_dir)
+        if expected:
+            with pytest.raises(UnknownSchemaError) as refusal:
+                upgrade_database(settings)
+            assert all(part in str(refusal.value) for part in expected), (label, refusal.value)
+            assert sha256_of(database) == checksum, label
+            assert backup_files(data_dir) == [], label
+        else:
+            upgrade_database(settings)
+            assert sqlite_revision(database) == HEAD, label
+            assert sqlite_schema(database) == head_shape, label
+            assert (
+                release_row_checksums(database, released_columns(name)) == (RELEASE_CHECKSUMS[name])
+            ), label
+        shutil.rmtree(data_dir)
