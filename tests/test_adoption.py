@@ -687,7 +687,8 @@ def test_sigkill_during_adoption_leaves_the_release_file_or_the_adopted_one(
         assert rerun.returncode == 0, rerun.output
         assert sqlite_revision(database) == HEAD
         assert release_row_checksums(database, columns) == before
-    print(f"adoption kill: ended at {ended} (None: as the release left it)")
+    adopted = sum(1 for revision in ended if revision)
+    print(f"adoption kill: {len(ended) - adopted} left as the release made them, {adopted} adopted")
 
 
 def copy_into(template: Path, data_dir: Path) -> Path:
