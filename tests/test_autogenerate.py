@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL
 from app.db.manifest import manifest_path, read_manifest
 from app.db.manifest import problems as manifest_problems
 from app.db.upgrade import PROJECT_ROOT, script_directory
+from tests.row_dump import RowDump
 from tests.test_revision_files import RUFF, imported_top_level_modules
 
 HEAD = script_directory().get_current_head()
@@ -55,6 +56,10 @@ class Project:
         return set(self.versions_dir.glob("*.py"))
 
     def alembic(self, *args: str) -> subprocess.CompletedProcess:
+        return self.python("-m", "alembic", *args)
+
+    def python(self, *args: str) -> subprocess.CompletedProcess:
+        """The venv's Python in the copy, configured for this database."""
         environ = {
             **os.environ,
             "DATA_DIR": str(self.data_dir),
@@ -62,7 +67,7 @@ class Project:
             "PYTHONPATH": str(self.root),
         }
         return subprocess.run(
-            [sys.executable, "-m", "alembic", *args],
+            [sys.executable, *args],
             cwd=self.root,
             env=environ,
             capture_output=True,
@@ -92,12 +97,17 @@ def project(database_url: URL, tmp_path: Path) -> Iterator[Project]:
     yield Project(copy_project(tmp_path / "project"), database_url, data_dir)
 
 
-def add_job_fields(project: Project) -> None:
-    """The model change under test: a nullable column, a NOT NULL one with a default, an index."""
+def edit_models(project: Project, before: str, after: str) -> None:
+    """Replace the one occurrence of `before` in the copy's models with `after`."""
     models = project.root / "app" / "db" / "models.py"
     source = models.read_text(encoding="utf-8")
-    assert source.count(JOB_MESSAGE_BEFORE) == 1
-    models.write_text(source.replace(JOB_MESSAGE_BEFORE, JOB_FIELDS_AFTER), encoding="utf-8")
+    assert source.count(before) == 1
+    models.write_text(source.replace(before, after), encoding="utf-8")
+
+
+def add_job_fields(project: Project) -> None:
+    """The model change under test: a nullable column, a NOT NULL one with a default, an index."""
+    edit_models(project, JOB_MESSAGE_BEFORE, JOB_FIELDS_AFTER)
 
 
 def insert_jobs(url: URL) -> None:
@@ -214,3 +224,80 @@ def test_offline_upgrade_prints_the_postgresql_script(tmp_path: Path) -> None:
     assert re.search(r"CREATE TABLE job \(.*downloaded_bytes BIGINT", script, re.DOTALL)
     assert "CREATE TABLE strm_url_mapping (" in script
     assert f"UPDATE alembic_version SET version_num='{HEAD}'" in script
+
+
+SAVE_PATH_BEFORE = "    save_path: str | None = None\n"
+SAVE_PATH_AFTER = "    download_path: str | None = None\n"
+TASK_HASHES = tuple(f"{index:040x}" for index in range(60))
+
+
+def insert_tasks(url: URL) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO clienttask (hash, name, slug, season, episode, language, "
+                "save_path, added_on, state) VALUES (:hash, 'n', 's', 1, :episode, 'German Dub', "
+                ":path, '2024-05-01 12:30:00', 'queued')"
+            ),
+            [
+                {"hash": h, "episode": i, "path": None if i % 7 == 0 else f"/downloads/{i}.mkv"}
+                for i, h in enumerate(TASK_HASHES)
+            ],
+        )
+    engine.dispose()
+
+
+def task_paths(url: URL, column: str) -> RowDump:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text(f"SELECT hash, {column} FROM clienttask")).all()
+    engine.dispose()
+    return RowDump(clienttask=sorted(tuple(row) for row in rows))
+
+
+def test_a_renamed_field_becomes_a_reviewed_rename_that_keeps_every_value(
+    project: Project,
+) -> None:
+    project.alembic_ok("upgrade", "head")
+    insert_tasks(project.url)
+    before_rows = task_paths(project.url, "save_path")
+    edit_models(project, SAVE_PATH_BEFORE, SAVE_PATH_AFTER)
+    before = project.revision_files()
+
+    generated = project.alembic_ok("revision", "--autogenerate", "-m", "rename save_path")
+
+    [revision] = project.revision_files() - before
+    text = revision.read_text(encoding="utf-8")
+    assert 'new_column_name="download_path"' in text, text
+    assert "# REVIEW: clienttask.save_path was dropped and download_path" in text
+    assert "batch_op.drop_column(" not in text and "batch_op.add_column(" not in text
+    assert "Written as a rename, to review" in generated.stderr
+    assert ruff_problems(revision, "check") == ""
+    assert project.python("-m", "app.db.lint").returncode == 0
+
+    project.alembic_ok("upgrade", "head")
+    assert task_paths(project.url, "download_path") == before_rows
+    project.alembic_ok("check")
+
+    project.alembic_ok("downgrade", "-1")
+    assert task_paths(project.url, "save_path") == before_rows
+
+
+JOB_UPDATED_AT = "    updated_at: datetime = Field(default_factory=utc_now, index=True)\n"
+JOB_SEEN_AT = "    seen_at: datetime = Field(default_factory=utc_now)\n"
+
+
+def test_a_default_factory_field_is_stopped_by_the_lint(tmp_path: Path) -> None:
+    """Autogenerate writes a bare NOT NULL add_column for it, which fails on rows."""
+    data_dir = tmp_path / "data"
+    url = URL.create("sqlite", database=str(data_dir / "anibridge_jobs.db"))
+    project = Project(copy_project(tmp_path / "project"), url, data_dir)
+    project.alembic_ok("upgrade", "head")
+    edit_models(project, JOB_UPDATED_AT, JOB_UPDATED_AT + JOB_SEEN_AT)
+    project.alembic_ok("revision", "--autogenerate", "-m", "job seen at")
+
+    lint = project.python("-m", "app.db.lint")
+
+    assert lint.returncode == 1
+    assert "_job_seen_at.py: not_null job.seen_at: adds a NOT NULL column" in lint.stdout
