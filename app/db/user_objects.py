@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from app.db.errors import MigrationError
+from app.db.errors import MigrationError, database_reason
 
 PROBE_TABLE = "_anibridge_schema_probe"
 
@@ -44,8 +44,8 @@ def check_views_and_triggers(connection: Connection, outcome: str) -> None:
         connection.exec_driver_sql(f"ALTER TABLE {PROBE_TABLE} RENAME TO {PROBE_TABLE}_renamed")
     except DBAPIError as exc:
         raise MigrationError(
-            f"{_reason(exc)}: a view or trigger you added does not work with the "
-            f"schema; {outcome}: drop or fix it, then start again"
+            "a view or trigger you added does not work with the schema "
+            f"({database_reason(exc, None)}); {outcome}: drop or fix it, then start again"
         ) from None
     finally:
         savepoint.rollback()
@@ -64,12 +64,8 @@ def views_and_triggers_set_aside(connection: Connection) -> Iterator[None]:
         except DBAPIError as exc:
             raise MigrationError(
                 f"the {kind} {name} you added cannot be made again after the schema change "
-                f"({_reason(exc)}); the upgrade was rolled back: drop or change the {kind}, "
-                "then start again"
+                f"({database_reason(exc, None)}); the upgrade was rolled back: drop or change "
+                f"the {kind}, then start again"
             ) from None
     if saved:
         check_views_and_triggers(connection, "the upgrade was rolled back")
-
-
-def _reason(exc: DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
