@@ -17,6 +17,7 @@ BENCHMARKS = {
     "rebuild": "bench.rebuild",
     "backup": "bench.backup",
     "adoption": "bench.adoption",
+    "container": "bench.container",
 }
 MIN_RUNS = 5
 

@@ -25,8 +25,9 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
 def target_metadata():
     """The models' metadata, for autogenerate and `alembic check`.
 
-    Upgrading never compares with the models, so the in-process upgrade (the
-    container's start) asks to skip importing them, and SQLModel with them.
+    Upgrading never compares with the models, so the in-process upgrade
+    (`anibridge`, `python -m app.migrate`) asks to skip importing them, and SQLModel
+    with them; the `alembic` command line (the container's step) still loads them.
     """
     if config.attributes.get("skip_models"):
         return None
