@@ -34,6 +34,7 @@ from tests.container_engine import (
     free_port,
     start_engine,
 )
+from tests.faults import REVISION_TEMPLATE
 from tests.legacy_data import (
     BASELINE,
     HEAD,
@@ -516,6 +517,73 @@ def test_docker_stop_during_a_long_migration_then_a_start_that_completes(
     container.wait_for_health(timeout=300)
     container.stop()
     assert_rows_kept(original, database)
+
+
+FAILING_REVISION = "fa11ed000001"
+
+
+@pytest.fixture(scope="session")
+def failing_image(engine: Engine, image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The image plus a revision after head that changes the schema, then fails."""
+    context = tmp_path_factory.mktemp("failing-image")
+    body = (
+        '    op.add_column("job", sa.Column("doomed", sa.Integer(), nullable=True))\n'
+        '    op.execute("SELECT * FROM table_that_does_not_exist")'
+    )
+    revision_file = f"2099_01_01_0000-{FAILING_REVISION}_fails_on_purpose.py"
+    (context / revision_file).write_text(
+        REVISION_TEMPLATE.format(
+            message="Fails on purpose (container tests)",
+            revision=FAILING_REVISION,
+            down_revision=HEAD,
+            upgrade=body,
+        )
+    )
+    (context / "Dockerfile").write_text(
+        f"FROM {image}\nCOPY {revision_file} /app/migrations/versions/\n"
+    )
+    tag = f"{image}-failing-revision"
+    engine.docker("build", "--network=host", f"--tag={tag}", str(context), timeout=300)
+    return tag
+
+
+def backups_of(data_dir: Path) -> dict[str, str]:
+    return {path.name: sha256_of(path) for path in sorted((data_dir / "backups").iterdir())}
+
+
+def test_failing_revision_in_a_restart_loop_keeps_the_earlier_backups(
+    containers: Containers, data_dir: Path, failing_image: str
+) -> None:
+    database = data_dir / DATABASE_FILE_NAME
+    shutil.copyfile(release_file("v2.1.0.db"), database)
+    first = containers.run(data_dir, DB_BACKUP_KEEP="2")
+    first.wait_for_health()
+    first.stop()
+    earlier = backups_of(data_dir)
+    tables = {table: table_columns(database, table) for table in LEGACY_TABLES}
+    rows_before = release_row_checksums(database, tables)
+
+    looping = containers.run(
+        data_dir, "--restart=on-failure", image=failing_image, DB_BACKUP_KEEP="2"
+    )
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while looping.restart_count() < 4:
+        assert time.monotonic() < deadline, looping.logs()
+        time.sleep(0.2)
+    looping.stop()
+
+    logs = looping.logs()
+    assert logs.count(f"Running upgrade {HEAD} -> {FAILING_REVISION}") >= 4
+    assert "Traceback" not in logs
+    now = backups_of(data_dir)
+    assert {name: now[name] for name in earlier} == earlier
+    assert len(now) == 2, now
+    assert sqlite_revision(database) == HEAD
+    assert "doomed" not in table_columns(database, "job")
+    assert release_row_checksums(database, tables) == rows_before
+
+    healthy_again = containers.run(data_dir, DB_BACKUP_KEEP="2")
+    assert healthy_again.wait_for_health()["revision"] == HEAD
 
 
 @pytest.mark.postgres
