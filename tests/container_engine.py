@@ -2,9 +2,9 @@
 
 `start_engine` uses the engine at DOCKER_HOST (or the default socket) when one
 answers. Otherwise, as root, it starts a private `dockerd` with its own data
-root, socket and pid file under ENGINE_ROOT, without a bridge network or
-iptables rules: containers then share the host's network (`--network host`),
-and each one gets its own PORT. `Engine.stop` ends only a daemon it started,
+root, socket and pid file under ENGINE_ROOT (one per checkout), without a
+bridge network or iptables rules: containers then share the host's network
+(`--network host`), and each one gets its own PORT. `Engine.stop` ends only a daemon it started,
 by its pid. The data root is kept between runs, so the base image and the
 build cache are reused.
 
@@ -13,6 +13,7 @@ neither present nor pullable (no registry reachable), it is first built from
 Debian packages by `docker/stand-in-base.sh`.
 """
 
+import hashlib
 import os
 import shutil
 import signal
@@ -26,9 +27,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 STAND_IN_BASE = REPO_ROOT / "docker" / "stand-in-base.sh"
 BASE_IMAGE = "python:3.11-slim"
-APP_IMAGE = "anibridge:test"
+# Per checkout: runs from two clones on one machine neither share a private daemon
+# (the one that started it would stop it under the other) nor overwrite each other's image.
+CHECKOUT_ID = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:10]
+APP_IMAGE = f"anibridge:test-{CHECKOUT_ID}"
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-ENGINE_ROOT = Path(os.environ.get("ANIBRIDGE_DOCKER_ROOT", "/var/tmp/anibridge-docker"))
+ENGINE_ROOT = Path(
+    os.environ.get("ANIBRIDGE_DOCKER_ROOT", f"/var/tmp/anibridge-docker-{CHECKOUT_ID}")
+)
 ENGINE_START_TIMEOUT_S = 60
 BUILD_TIMEOUT_S = 900
 
