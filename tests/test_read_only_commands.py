@@ -50,7 +50,10 @@ def alembic(args: list[str], settings: Settings) -> tuple[int, str, float]:
 
 @contextmanager
 def upgrade_in_progress(settings: Settings) -> Iterator[None]:
-    """Hold what a running upgrade holds: the upgrade lock and an open write transaction."""
+    """Hold what a running upgrade holds: its lock, and a transaction that altered a table.
+
+    On PostgreSQL the ALTER TABLE holds the table's strongest lock until the end.
+    """
     url = settings.database_url
     if url.get_backend_name() == "sqlite":
         fd = os.open(migration_lock_path(url.database), os.O_RDWR | os.O_CREAT, 0o600)
@@ -58,6 +61,7 @@ def upgrade_in_progress(settings: Settings) -> Iterator[None]:
         writer = sqlite3.connect(url.database, isolation_level=None)
         writer.execute("BEGIN IMMEDIATE")
         writer.execute("UPDATE alembic_version SET version_num = version_num")
+        writer.execute("ALTER TABLE job ADD COLUMN rebuilding INTEGER")
         try:
             yield
         finally:
@@ -68,6 +72,7 @@ def upgrade_in_progress(settings: Settings) -> Iterator[None]:
     with engine.connect() as writer:
         writer.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_LOCK_KEY})
         writer.execute(sa.text("UPDATE alembic_version SET version_num = version_num"))
+        writer.execute(sa.text("ALTER TABLE job ADD COLUMN rebuilding INTEGER"))
         yield
         writer.rollback()
     engine.dispose()
