@@ -66,8 +66,8 @@ def database_status(settings: Settings) -> DatabaseStatus:
     """Everything `anibridge status` shows, read in one read-only connection."""
     settings = dataclasses.replace(settings, connect_retries=0)
     script = script_directory()
-    running = upgrade_running(settings.database_url)
     with connect_for_migrations(settings, read_only=True) as connection:
+        running = upgrade_running(connection, settings.database_url)
         current = current_heads(connection)
         history = read_history(connection)
         status = DatabaseStatus(

@@ -228,3 +228,32 @@ def test_status_on_a_file_an_upgrade_locked_exclusively_fails_fast_in_one_line(
     (line,) = result.stderr.splitlines()
     assert "database is locked" in line and "try again" in line
     assert seconds < PROMPT_S
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u:s3cret-pw@127.0.0.1:1/x",
+        "postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:5432/no_such_database_here",
+    ],
+    ids=["unreachable", "missing-database"],
+)
+def test_status_that_cannot_connect_says_so_in_one_line(tmp_path: Path, url: str) -> None:
+    result = run_command(
+        [str(VENV_BIN / "anibridge"), "status", "--json"], command_environment(tmp_path, url)
+    )
+
+    assert (result.returncode, result.stdout) == (1, "")
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("anibridge: error: cannot use the database") and "***" in line
+    assert "s3cret-pw" not in line
+
+
+def test_status_of_a_file_that_is_not_sqlite_says_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "anibridge_jobs.db").write_text("not a database\n")
+
+    result = run_command([str(VENV_BIN / "anibridge"), "status"], command_environment(tmp_path))
+
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert "is not a SQLite database" in line

@@ -25,7 +25,6 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
 from app.config import migration_lock_path, service_lock_path
-from app.db.engine import make_engine
 from app.db.errors import DatabaseInUseError, MigrationError, MigrationLockTimeoutError
 
 log = logging.getLogger(__name__)
@@ -69,15 +68,16 @@ def take_postgres_upgrade_lock(connection: Connection, timeout_s: float) -> None
         connection.execute(text(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
 
 
-def upgrade_running(url: URL) -> bool:
+def upgrade_running(connection: Connection, url: URL) -> bool:
     """Whether an upgrade holds the lock of the database at `url`, found without waiting.
 
     SQLite: a shared, non-blocking try on the lock file (a missing file means
-    no upgrade ever started). PostgreSQL: the advisory lock in `pg_locks`.
+    no upgrade ever started). PostgreSQL: the advisory lock in `pg_locks`, read
+    on `connection`.
     """
     if url.get_backend_name() == "sqlite":
         return _sqlite_lock_held(migration_lock_path(url.database))
-    return _postgres_lock_held(url)
+    return bool(connection.execute(ADVISORY_LOCK_HELD, {"key": POSTGRES_LOCK_KEY}).scalar())
 
 
 def _sqlite_lock_held(path: Path) -> bool:
@@ -92,15 +92,6 @@ def _sqlite_lock_held(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
-
-
-def _postgres_lock_held(url: URL) -> bool:
-    engine = make_engine(url, read_only=True)
-    try:
-        with engine.connect() as connection:
-            return bool(connection.execute(ADVISORY_LOCK_HELD, {"key": POSTGRES_LOCK_KEY}).scalar())
-    finally:
-        engine.dispose()
 
 
 @contextmanager
