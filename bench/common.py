@@ -160,6 +160,31 @@ class Report:
         return "\n".join([self.title, *self.lines, *verdicts])
 
 
+def check_rate_and_memory(
+    report: Report,
+    sizes: tuple[int, int],
+    small: Figure,
+    big: Figure,
+    big_floor: Figure,
+    floor_name: str,
+    targets: tuple[float, float],
+) -> None:
+    """The two targets a row-copying benchmark shares: rows/s against its floor, flat memory."""
+    (small_rows, big_rows), (target_speed, target_memory_mib) = sizes, targets
+    speed = big.per_second / big_floor.per_second
+    growth = big.max_rss_mib - small.max_rss_mib
+    report.check(
+        f"rows/s >= {target_speed}x {floor_name} at {big_rows:,} rows",
+        speed >= target_speed,
+        f"{speed:.2f}x",
+    )
+    report.check(
+        f"peak memory flat within {target_memory_mib:.0f} MiB from {small_rows:,} to {big_rows:,}",
+        abs(growth) <= target_memory_mib,
+        f"{small.max_rss_mib:.1f} -> {big.max_rss_mib:.1f} MiB ({growth:+.1f} MiB)",
+    )
+
+
 def machine_description() -> list[str]:
     model = "unknown"
     with open("/proc/cpuinfo") as cpuinfo:

@@ -14,6 +14,7 @@ from bench.common import (
     PYTHON,
     Figure,
     Report,
+    check_rate_and_memory,
     child_env,
     measure_interleaved,
     python_code,
@@ -125,16 +126,13 @@ def run(quick: bool, runs: int) -> Report:
         f"  marginal rate ({small_rows:,} -> {big_rows:,} rows, fixed start-up cost removed): "
         f"{marginal_rate(small, big) / marginal_rate(small_floor, big_floor):.2f}x raw"
     )
-    speed = big.per_second / big_floor.per_second
-    growth = big.max_rss_mib - small.max_rss_mib
-    report.check(
-        f"rows/s >= {TARGET_SPEED}x raw at {big_rows:,} rows",
-        speed >= TARGET_SPEED,
-        f"{speed:.2f}x",
-    )
-    report.check(
-        f"peak memory flat within {TARGET_MEMORY_MIB:.0f} MiB from {small_rows:,} to {big_rows:,}",
-        abs(growth) <= TARGET_MEMORY_MIB,
-        f"{small.max_rss_mib:.1f} -> {big.max_rss_mib:.1f} MiB ({growth:+.1f} MiB)",
+    check_rate_and_memory(
+        report,
+        (small_rows, big_rows),
+        small,
+        big,
+        big_floor,
+        "raw",
+        (TARGET_SPEED, TARGET_MEMORY_MIB),
     )
     return report
