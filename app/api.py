@@ -21,8 +21,8 @@ from app.api_inputs import (
     Text,
     require_decimal_integer,
 )
-from app.db import crud
-from app.db.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job
+from app.data import crud
+from app.data.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job
 
 router = APIRouter()
 

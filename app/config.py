@@ -3,7 +3,7 @@
 Every bad value raises `ConfigError` with one line that names the variable and
 what it accepts; entry points print that line and exit non-zero.
 
-SQLAlchemy is imported only to handle the database URL: `app.head_check`
+SQLAlchemy is imported only to handle the database URL: `app.migration.at_head`
 validates the other settings with this module at the cost of the standard
 library alone.
 """
@@ -37,7 +37,6 @@ SETTING_NAMES = (
     "PORT",
     "LOG_LEVEL",
 )
-SQLITE_HEADER = b"SQLite format 3\x00"
 URL_HINT = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
@@ -154,16 +153,6 @@ def parse_options(env: Mapping[str, str]) -> dict[str, Any]:
         "port": parse_int("PORT", env.get("PORT", "8000"), low=1, high=65535),
         "log_level": parse_choice("LOG_LEVEL", env.get("LOG_LEVEL", "info"), LOG_LEVELS),
     }
-
-
-def migration_lock_path(database: str | Path) -> Path:
-    """The lock file that serialises upgrades of the SQLite file `database`."""
-    return Path(f"{database}.migration-lock")
-
-
-def service_lock_path(database: str | Path) -> Path:
-    """The lock file a running service holds shared on the SQLite file `database`."""
-    return Path(f"{database}.service-lock")
 
 
 def ensure_data_dir(settings: Settings) -> None:

@@ -13,18 +13,18 @@ from sqlalchemy import Engine
 from app import app_version, migrate
 from app.api import mount_api
 from app.config import ConfigError, Settings, get_settings, load_settings
-from app.db import crud
-from app.db.engine import make_engine
-from app.db.locking import service_lock
-from app.db.restore import restore_backup
-from app.db.session import session_scope
-from app.db.upgrade import (
+from app.data import crud
+from app.data.session import session_scope
+from app.engine import make_engine
+from app.logs import configure_logging
+from app.migration.guarded_run import (
     database_revision,
     require_database_at_head,
     script_directory,
     upgrade_database,
 )
-from app.logs import configure_logging
+from app.migration.locking import service_lock
+from app.migration.restore import restore_backup
 
 log = logging.getLogger("app")
 
@@ -124,9 +124,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def show_status(as_json: bool) -> None:
     """`anibridge status`: settings read without creating DATA_DIR, the database only read."""
-    from app.status import database_status, render
+    from app.data.models import metadata
+    from app.migration.status import database_status, render
 
-    status = database_status(load_settings())
+    status = database_status(load_settings(), metadata)
     print(status.as_json() if as_json else render(status))
 
 

@@ -26,8 +26,8 @@ def main(argv: Sequence[str] = ()) -> int:
 
 def run_full_upgrade() -> None:
     from app.config import get_settings
-    from app.db.upgrade import upgrade_database
     from app.logs import configure_logging
+    from app.migration.guarded_run import upgrade_database
 
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -43,7 +43,7 @@ def exit_code_of(action: Callable[[], None]) -> int:
     from sqlalchemy.exc import DBAPIError
 
     from app.config import ConfigError
-    from app.db.errors import describe_database_error
+    from app.migration.errors import describe_database_error
 
     try:
         action()

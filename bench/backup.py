@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from app.db.backup import backup_database
+from app.migration.backup import backup_database
 from bench.common import RESULTS_DIR, Report, Sample, measure_interleaved, scratch_dir, time_call
 from bench.data import JOB_COLUMNS, insert_rows, job_rows, migrate_to_head
 
@@ -63,7 +63,7 @@ def backup(database: Path, backups_dir: Path) -> Sample:
 
 
 def run(quick: bool, runs: int) -> Report:
-    report = Report("4. Backup before an upgrade (app.db.backup.backup_database)")
+    report = Report("4. Backup before an upgrade (app.migration.backup.backup_database)")
     database = cached_database(QUICK_SIZE_MIB if quick else FULL_SIZE_MIB)
     size_mb = database.stat().st_size / 1e6
     with scratch_dir("backup") as scratch:

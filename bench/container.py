@@ -9,7 +9,7 @@ already at head. The clock runs from `docker start` until GET /health answers
 
 * the floor: the same image with DB_MIGRATE_ON_STARTUP=false (no migration step);
 * the image as shipped: the fast check, then the service (which does not upgrade);
-* the same without the fast check (a derived image whose `app.head_check`
+* the same without the fast check (a derived image whose `app.migration.at_head`
   never vouches), so `alembic upgrade head` runs at every start: what the check saves.
 """
 
@@ -89,7 +89,7 @@ def base_image_description(engine: Engine, image: str) -> str:
 
 
 def build_without_fast_check(engine: Engine, image: str) -> str:
-    """`image` with an `app.head_check` that never says "at head"."""
+    """`image` with an `app.migration.at_head` that never says "at head"."""
     tag = f"{image}-without-fast-check"
     with scratch_dir("container") as context:
         (context / "head_check.py").write_text(NEVER_AT_HEAD)

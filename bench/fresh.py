@@ -16,7 +16,7 @@ from bench.common import (
 CREATE_ALL_CODE = (
     "import sys\n"
     "from sqlalchemy import create_engine\n"
-    "from app.db.models import metadata\n"
+    "from app.data.models import metadata\n"
     "metadata.create_all(create_engine(f'sqlite:///{sys.argv[1]}'))\n"
 )
 TARGET_RATIO = 1.2

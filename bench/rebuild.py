@@ -9,7 +9,7 @@ indexes, in one transaction. DB_BACKUP_KEEP=0: the backup is benchmark 4.
 
 from pathlib import Path
 
-from app.head_check import revision_heads
+from app.migration.at_head import revision_heads
 from bench.common import (
     PYTHON,
     Figure,

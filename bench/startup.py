@@ -1,6 +1,6 @@
 """1. Start-up at head: the container's migration step when nothing is pending.
 
-The entrypoint runs `python -m app.head_check` and, only when it cannot vouch
+The entrypoint runs `python -m app.migration.at_head` and, only when it cannot vouch
 for the database, `alembic upgrade head`.
 """
 
@@ -36,8 +36,8 @@ def run(quick: bool, runs: int) -> Report:
                 "floor: python -c + sqlite3 read": lambda: run_timed(
                     [*python_code(FLOOR_CODE), str(database)], env
                 ),
-                "python -m app.head_check (fast check)": lambda: run_timed(
-                    [PYTHON, "-m", "app.head_check"], env
+                "python -m app.migration.at_head (fast check)": lambda: run_timed(
+                    [PYTHON, "-m", "app.migration.at_head"], env
                 ),
                 "python -m app.migrate (the in-process upgrade)": lambda: run_timed(
                     [PYTHON, "-m", "app.migrate"], env
@@ -50,7 +50,7 @@ def run(quick: bool, runs: int) -> Report:
         report.add(figure, floor)
     report.lines.append(f"  fast check is {ratio(alembic, fast):.1f}x faster than alembic")
     report.check(
-        f"app.head_check <= {TARGET_RATIO}x floor",
+        f"app.migration.at_head <= {TARGET_RATIO}x floor",
         ratio(fast, floor) <= TARGET_RATIO,
         f"{ratio(fast, floor):.2f}x ({fast.seconds * 1e3:.0f} ms vs {floor.seconds * 1e3:.0f} ms)",
     )

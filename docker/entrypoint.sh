@@ -6,7 +6,7 @@
 # as that user, then run the command as that user. Started with --user (not
 # root): only the upgrade and the command, as that user.
 # The upgrade is `alembic upgrade head`, skipped when the fast stdlib-only check
-# `python -m app.head_check` finds the database already at head; either way the
+# `python -m app.migration.at_head` finds the database already at head; either way the
 # service is then told not to upgrade again (it only checks the revision).
 # Nothing is ever deleted. A failed upgrade stops the container with the
 # upgrade's exit status, and the command is not run.
@@ -187,7 +187,7 @@ run_passing_signals() {
 upgrade_to_head() {
     local revision status=0
     cd "$APP_DIR"
-    if revision="$("${AS_APP_USER[@]}" "$ANIBRIDGE_PYTHON" -m app.head_check)"; then
+    if revision="$("${AS_APP_USER[@]}" "$ANIBRIDGE_PYTHON" -m app.migration.at_head)"; then
         log "the database schema is at head (${revision}): nothing to upgrade"
         return
     fi

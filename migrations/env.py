@@ -1,7 +1,7 @@
-"""Alembic environment: the URL comes from the app's settings, the metadata from app.db.
+"""Alembic environment: the URL comes from the app's settings, the metadata from app.data.
 
 Runs that move the database (upgrade, downgrade, stamp) go through
-`app.db.upgrade.guarded_migrations` (lock, single transaction, newer-database
+`app.migration.guarded_run.guarded_migrations` (lock, single transaction, newer-database
 refusal, legacy adoption, backup); see there. Runs that only read (current,
 check, history) use a read-only connection and never wait for an upgrade.
 """
@@ -11,10 +11,11 @@ from logging.config import fileConfig
 from alembic import context
 
 from app.config import ConfigError, get_settings
-from app.db.autogen import COMPARE_OPTIONS, process_revision_directives, render_item
-from app.db.connect import migration_connection
-from app.db.errors import MigrationError
-from app.db.upgrade import guarded_migrations, read_only_run, writes_to_database
+from app.migration.authoring.autogenerate import process_revision_directives, render_item
+from app.migration.connection import migration_connection
+from app.migration.errors import MigrationError
+from app.migration.guarded_run import guarded_migrations, read_only_run, writes_to_database
+from app.migration.journal import COMPARE_OPTIONS
 
 config = context.config
 
@@ -22,7 +23,7 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def target_metadata():
+def load_target_metadata():
     """The models' metadata, for autogenerate and `alembic check`.
 
     Upgrading never compares with the models, so the in-process upgrade
@@ -31,13 +32,15 @@ def target_metadata():
     """
     if config.attributes.get("skip_models"):
         return None
-    from app.db.models import metadata
+    from app.data.models import metadata
 
     return metadata
 
 
+target_metadata = load_target_metadata()
+
 CONFIGURE_OPTIONS = {
-    "target_metadata": target_metadata(),
+    "target_metadata": target_metadata,
     "render_as_batch": True,
     "transactional_ddl": True,
     **COMPARE_OPTIONS,

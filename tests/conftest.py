@@ -17,9 +17,9 @@ from pytest_alembic.config import Config as PytestAlembicConfig
 from sqlalchemy.engine import URL, make_url
 
 from app.config import Settings, load_settings
-from app.db.engine import make_engine
-from app.db.history import history_table
-from app.db.upgrade import alembic_config as make_alembic_config
+from app.engine import make_engine
+from app.migration.guarded_run import alembic_config as make_alembic_config
+from app.migration.journal import history_table
 from tests.revision_data import rows_by_revision
 from tests.row_dump import RowDump, explain_difference
 

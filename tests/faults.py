@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from app.db.backup import PARTIAL_SUFFIX, list_backups
-from app.db.schema_shape import TableShape, describe_schema
+from app.migration.adoption.schema_shape import TableShape, describe_schema
+from app.migration.backup import PARTIAL_SUFFIX, list_backups
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_ITEMS = ("app", "migrations", "alembic.ini", "pyproject.toml")
@@ -230,7 +230,7 @@ STARTING_GATE = """
 import runpy, sys, time
 from pathlib import Path
 
-import alembic.config, app.db.upgrade  # the slow imports happen before the gate
+import alembic.config, app.migration.guarded_run  # the slow imports happen before the gate
 
 ready, gate, module, *arguments = sys.argv[1:]
 Path(ready).touch()

@@ -18,20 +18,20 @@ import shutil
 import sqlite3
 import subprocess
 from datetime import UTC, datetime, timedelta, timezone
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from app.db.models import metadata
-from app.db.schema_shape import app_tables
+from app.data.models import metadata
+from app.migration.adoption.schema_shape import app_tables
 from tests.row_dump import RowDump
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 RELEASES_DIR = REPO_ROOT / "tests" / "data" / "releases"
+LEGACY_SQL_DIR = REPO_ROOT / "tests" / "data" / "legacy_sql"
 BASELINE = "5cb5dab892ec"
 HEAD = "bd4dbe993fef"
 
@@ -127,7 +127,7 @@ def released_columns(name: str) -> dict[str, list[str]]:
 
 def legacy_sql(variant: str) -> str:
     """The DDL the released service's `create_all` ran (`multi_site` or `single_site`)."""
-    return files("app.db.legacy").joinpath(f"{variant}.sql").read_text()
+    return (LEGACY_SQL_DIR / f"{variant}.sql").read_text()
 
 
 def create_legacy_sqlite(path: Path, variant: str, rows: int, seed: int = 0) -> None:

@@ -21,12 +21,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-import app.db.adoption
-from app.db.adoption import released_sqlite_schema, sqlite_definitions
-from app.db.engine import make_engine
-from app.db.errors import MigrationError, UnknownSchemaError
-from app.db.schema_shape import TableShape, describe_schema
-from app.db.upgrade import current_heads, upgrade_database
+import app.migration.adoption.adopt
+from app.engine import make_engine
+from app.migration.adoption.adopt import released_sqlite_schema, sqlite_definitions
+from app.migration.adoption.schema_shape import TableShape, describe_schema
+from app.migration.errors import MigrationError, UnknownSchemaError
+from app.migration.guarded_run import current_heads, upgrade_database
 from tests.conftest import settings_for
 from tests.faults import (
     InjectedRevision,
@@ -232,7 +232,7 @@ def test_release_file_is_adopted_with_every_row_checksum_intact(
 
 
 def multi_site_definitions() -> dict[str, str]:
-    return released_sqlite_schema(app.db.adoption.MULTI_SITE).definitions
+    return released_sqlite_schema(app.migration.adoption.adopt.MULTI_SITE).definitions
 
 
 @pytest.mark.parametrize("name", RELEASE_FILES)
@@ -414,14 +414,14 @@ def test_failure_midway_through_single_site_conversion_changes_nothing(
     """The conversion runs in the upgrade's one transaction: a crash halfway rolls all back."""
     database = legacy_templates[SINGLE_SITE].copy_into(tmp_path)
     checksum = sha256_of(database)
-    rebuild_table = app.db.adoption.rebuild_table
+    rebuild_table = app.migration.adoption.adopt.rebuild_table
 
     def crash_after_the_second_table(connection: sa.Connection, table: str) -> None:
         rebuild_table(connection, table)
         if table == "episodeavailability":
             raise RuntimeError("simulated crash during the conversion")
 
-    monkeypatch.setattr(app.db.adoption, "rebuild_table", crash_after_the_second_table)
+    monkeypatch.setattr(app.migration.adoption.adopt, "rebuild_table", crash_after_the_second_table)
     with pytest.raises(MigrationError, match="rolled back: RuntimeError: simulated crash"):
         upgrade_database(settings_for(sqlite_url(tmp_path), tmp_path))
 
@@ -702,7 +702,7 @@ def sqlite_revision_or_none(database: Path) -> str | None:
 
 
 def single_site_definitions() -> dict[str, str]:
-    return released_sqlite_schema(app.db.adoption.SINGLE_SITE).definitions
+    return released_sqlite_schema(app.migration.adoption.adopt.SINGLE_SITE).definitions
 
 
 @pytest.mark.slow

@@ -19,9 +19,9 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from app.config import get_settings
-from app.db.errors import MigrationError
-from app.db.upgrade import database_revision, script_directory, upgrade_database
 from app.main import create_app
+from app.migration.errors import MigrationError
+from app.migration.guarded_run import database_revision, script_directory, upgrade_database
 from tests.conftest import settings_for
 
 BASELINE = "5cb5dab892ec"

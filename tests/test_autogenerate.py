@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from app.db.manifest import manifest_path, read_manifest
-from app.db.manifest import problems as manifest_problems
-from app.db.upgrade import PROJECT_ROOT, script_directory
+from app.migration.authoring.manifest import manifest_path, read_manifest
+from app.migration.authoring.manifest import problems as manifest_problems
+from app.migration.guarded_run import PROJECT_ROOT, script_directory
 from tests.row_dump import RowDump
 from tests.test_revision_files import RUFF, imported_top_level_modules
 
@@ -99,7 +99,7 @@ def project(database_url: URL, tmp_path: Path) -> Iterator[Project]:
 
 def edit_models(project: Project, before: str, after: str) -> None:
     """Replace the one occurrence of `before` in the copy's models with `after`."""
-    models = project.root / "app" / "db" / "models.py"
+    models = project.root / "app" / "data" / "models.py"
     source = models.read_text(encoding="utf-8")
     assert source.count(before) == 1
     models.write_text(source.replace(before, after), encoding="utf-8")
@@ -274,7 +274,7 @@ def test_a_renamed_field_becomes_a_reviewed_rename_that_keeps_every_value(
     assert "batch_op.drop_column(" not in text and "batch_op.add_column(" not in text
     assert "Written as a rename, to review" in generated.stderr
     assert ruff_problems(revision, "check") == ""
-    assert project.python("-m", "app.db.lint").returncode == 0
+    assert project.python("-m", "app.migration.authoring.lint").returncode == 0
 
     project.alembic_ok("upgrade", "head")
     assert task_paths(project.url, "download_path") == before_rows
@@ -297,7 +297,7 @@ def test_a_default_factory_field_is_stopped_by_the_lint(tmp_path: Path) -> None:
     edit_models(project, JOB_UPDATED_AT, JOB_UPDATED_AT + JOB_SEEN_AT)
     project.alembic_ok("revision", "--autogenerate", "-m", "job seen at")
 
-    lint = project.python("-m", "app.db.lint")
+    lint = project.python("-m", "app.migration.authoring.lint")
 
     assert lint.returncode == 1
     assert "_job_seen_at.py: not_null job.seen_at: adds a NOT NULL column" in lint.stdout

@@ -11,11 +11,11 @@ import pytest
 from alembic import command
 from sqlalchemy.engine import URL
 
-import app.db.backup
+import app.migration.backup
 from app.config import Settings
-from app.db.connect import connect_for_migrations
-from app.db.errors import BackupError
-from app.db.upgrade import alembic_config, upgrade_database
+from app.migration.connection import connect_for_migrations
+from app.migration.errors import BackupError
+from app.migration.guarded_run import alembic_config, upgrade_database
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,
@@ -182,7 +182,9 @@ def test_too_little_free_space_stops_the_upgrade_before_any_change(
     settings = baseline_with_rows(database)
     checksum = sha256_of(database)
     monkeypatch.setattr(
-        app.db.backup.shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(10**9, 10**9, 0)
+        app.migration.backup.shutil,
+        "disk_usage",
+        lambda _path: shutil._ntuple_diskusage(10**9, 10**9, 0),
     )
 
     with pytest.raises(BackupError, match="not enough free space") as refusal:

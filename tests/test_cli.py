@@ -16,10 +16,10 @@ from sqlalchemy.engine import URL
 
 from app import app_version
 from app.config import Settings
-from app.db import progress
-from app.db.engine import make_engine
-from app.db.progress import RevisionHeartbeat
-from app.db.upgrade import upgrade_database
+from app.engine import make_engine
+from app.migration import progress
+from app.migration.guarded_run import upgrade_database
+from app.migration.progress import RevisionHeartbeat
 from tests.conftest import settings_for
 from tests.faults import HEAD, InjectedRevision, copy_project, inject_revisions
 from tests.legacy_data import VENV_BIN, anibridge, command_environment, run_command

@@ -1,4 +1,4 @@
-"""Every data-access function in app/db/crud.py, on a migrated SQLite and PostgreSQL database.
+"""Every data-access function in app/data/crud.py, on a migrated SQLite and PostgreSQL database.
 
 The database is brought to head by the real upgrade, then used through the
 service's own engine, so these tests also prove the migrated schema serves
@@ -13,11 +13,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from app.config import Settings
-from app.db import crud
-from app.db.engine import make_engine
-from app.db.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job
-from app.db.session import session_scope
-from app.db.upgrade import upgrade_database
+from app.data import crud
+from app.data.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job
+from app.data.session import session_scope
+from app.engine import make_engine
+from app.migration.guarded_run import upgrade_database
 
 THREE_GB = 3 * 2**30
 TWELVE_GB = 3 * 2**32

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from app.config import DATABASE_FILE_NAME, load_settings
-from app.db.upgrade import script_directory, upgrade_database
+from app.migration.guarded_run import script_directory, upgrade_database
 from tests.legacy_data import (
     RELEASE_CHECKSUMS,
     RELEASE_FILES,

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from app.db.upgrade import upgrade_database
+from app.migration.guarded_run import upgrade_database
 from tests.conftest import settings_for
 from tests.faults import FAILING, copy_project, inject_revisions, upgrade_environment
 from tests.legacy_data import (
@@ -164,9 +164,9 @@ def test_debug_log_level_adds_the_traceback(tmp_path: Path) -> None:
 
 
 SHORT_BUSY_TIMEOUT = """
-import app.db.engine
+import app.engine
 
-app.db.engine.SQLITE_BUSY_TIMEOUT_S = 1
+app.engine.SQLITE_BUSY_TIMEOUT_S = 1
 """
 
 

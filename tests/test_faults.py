@@ -23,8 +23,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
 from app.config import sqlite_url as sqlite_url_for
-from app.db.schema_shape import diff_schemas
-from app.db.upgrade import upgrade_database
+from app.migration.adoption.schema_shape import diff_schemas
+from app.migration.guarded_run import upgrade_database
 from tests.conftest import postgres_server_url, settings_for
 from tests.faults import (
     BASELINE,
@@ -389,7 +389,7 @@ def assert_exactly_one_upgrader(outcomes: list[Outcome], expected_applied: list[
 
 
 def create_legacy_multi_site(database: Path) -> None:
-    ddl = (REPO_ROOT / "app" / "db" / "legacy" / "multi_site.sql").read_text()
+    ddl = (REPO_ROOT / "tests" / "data" / "legacy_sql" / "multi_site.sql").read_text()
     with closing(sqlite3.connect(database)) as connection:
         connection.executescript(ddl)
     insert_jobs_sqlite(database, 300)

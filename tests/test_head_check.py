@@ -1,10 +1,10 @@
 """The start-up fast check gives Alembic's answer, or none at all.
 
-`app.head_check` reads revision files with `ast` and the database read-only.
+`app.migration.at_head` reads revision files with `ast` and the database read-only.
 These tests hold it to three promises: its heads are `ScriptDirectory.get_heads()`
 for every history shape it accepts; it says "at head" only when the full
 upgrade would find nothing to do (never from a stale view); and it stays on the
-standard library, so `python -m app.head_check` never imports SQLAlchemy.
+standard library, so `python -m app.migration.at_head` never imports SQLAlchemy.
 """
 
 import fcntl
@@ -20,14 +20,14 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from app.config import DATABASE_FILE_NAME, ConfigError, ensure_data_dir, load_settings
-from app.db.upgrade import script_directory, upgrade_database
-from app.head_check import (
+from app.migration.at_head import (
     VERSIONS_DIR,
     database_at_head,
     revision_heads,
     settings_acceptable,
     sqlite_database_path,
 )
+from app.migration.guarded_run import script_directory, upgrade_database
 from tests.conftest import REPO_ROOT
 
 HEADER = "from collections.abc import Sequence\n\n"
@@ -347,7 +347,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_command_prints_the_head_only_when_at_head(data_dir: Path) -> None:
     code = (
         "import sys\n"
-        "from app.head_check import main\n"
+        "from app.migration.at_head import main\n"
         "print(main())\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic')))\n"
     )
@@ -363,7 +363,7 @@ def test_head_check_imports_only_the_standard_library() -> None:
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
-        "import app.head_check\n"
+        "import app.migration.at_head\n"
         "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}"
         " - set(sys.stdlib_module_names)))\n"
     )

@@ -11,10 +11,10 @@ from alembic.config import Config
 
 from app import app_version
 from app.config import Settings
-from app.db.errors import MigrationError
-from app.db.history import HISTORY_TABLE, read_history
-from app.db.schema_shape import app_tables
-from app.db.upgrade import alembic_config, script_directory, upgrade_database
+from app.migration.adoption.schema_shape import app_tables
+from app.migration.errors import MigrationError
+from app.migration.guarded_run import alembic_config, script_directory, upgrade_database
+from app.migration.journal import HISTORY_TABLE, read_history
 from tests.faults import HEAD, InjectedRevision, copy_project, inject_revisions
 from tests.legacy_data import BASELINE
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.db.manifest import (
+from app.migration.authoring.manifest import (
     ManifestError,
     amend,
     manifest_path,
@@ -22,7 +22,7 @@ from app.db.manifest import (
     release,
     update,
 )
-from app.db.upgrade import PROJECT_ROOT
+from app.migration.guarded_run import PROJECT_ROOT
 from tests.faults import HEAD, InjectedRevision, inject_revisions
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
@@ -164,7 +164,7 @@ def test_two_branches_that_each_add_a_revision_conflict_in_git(tmp_path: Path) -
 
 def test_manifest_command_checks_and_reports_in_one_line_each() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app.db.manifest", "check"],
+        [sys.executable, "-m", "app.migration.authoring.manifest", "check"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

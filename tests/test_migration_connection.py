@@ -1,6 +1,6 @@
 """The migration connection and the upgrade's concurrency guards, each checked directly.
 
-Each test here fails when its protection is taken out of app/db: the write lock
+Each test here fails when its protection is taken out of app/migration: the write lock
 at BEGIN, the password mask, the refusal of a connection without the migration
 settings, the upgrade lock before the first read, READ COMMITTED and a bounded
 lock wait on PostgreSQL, "Applied" logged only after the commit.
@@ -20,15 +20,15 @@ from alembic import command
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
-import app.db.connect
-import app.db.engine
-import app.db.locking
-from app.config import migration_lock_path
-from app.db.connect import connect_for_migrations
-from app.db.engine import make_engine
-from app.db.errors import DatabaseUnavailableError, MigrationError, describe_database_error
-from app.db.locking import POSTGRES_LOCK_KEY
-from app.db.upgrade import alembic_config, current_heads, upgrade_database
+import app.engine
+import app.migration.connection
+import app.migration.locking
+from app.engine import make_engine
+from app.migration.connection import connect_for_migrations
+from app.migration.errors import DatabaseUnavailableError, MigrationError, describe_database_error
+from app.migration.guarded_run import alembic_config, current_heads, upgrade_database
+from app.migration.locking import POSTGRES_LOCK_KEY
+from app.migration.sqlite_files import migration_lock_path
 from tests.conftest import settings_for
 from tests.legacy_data import BASELINE, HEAD
 
@@ -77,7 +77,9 @@ def test_connection_errors_never_repeat_the_password(
         def dispose(self) -> None:
             pass
 
-    monkeypatch.setattr(app.db.connect, "make_engine", lambda *_args, **_kw: RefusingEngine())
+    monkeypatch.setattr(
+        app.migration.connection, "make_engine", lambda *_args, **_kw: RefusingEngine()
+    )
     settings = settings_for(url, tmp_path, DB_CONNECT_RETRIES="0")
 
     with pytest.raises(DatabaseUnavailableError) as refusal, connect_for_migrations(settings):
@@ -120,7 +122,7 @@ def test_a_second_sqlite_upgrade_waits_for_the_lock_before_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The holder keeps SQLite locked longer than the busy timeout: only the lock file waits."""
-    monkeypatch.setattr(app.db.engine, "SQLITE_BUSY_TIMEOUT_S", 1)
+    monkeypatch.setattr(app.engine, "SQLITE_BUSY_TIMEOUT_S", 1)
     database = tmp_path / "anibridge_jobs.db"
     settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
     upgrade_database(settings, BASELINE)
@@ -154,10 +156,10 @@ class VersionAtLog(logging.Handler):
 def test_applied_is_logged_only_after_the_commit(settings, caplog) -> None:
     upgrade_database(settings, BASELINE)
     watcher = VersionAtLog(settings.database_url)
-    logger = logging.getLogger("app.db.upgrade")
+    logger = logging.getLogger("app.migration.guarded_run")
     logger.addHandler(watcher)
     try:
-        with caplog.at_level(logging.INFO, logger="app.db.upgrade"):
+        with caplog.at_level(logging.INFO, logger="app.migration.guarded_run"):
             upgrade_database(settings)
     finally:
         logger.removeHandler(watcher)
@@ -218,7 +220,7 @@ def test_postgres_ddl_waits_for_table_locks_only_so_long(
     postgres_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A service's open transaction holds a table: the upgrade gives up with one line."""
-    monkeypatch.setattr(app.db.locking, "DDL_LOCK_TIMEOUT", "1s")
+    monkeypatch.setattr(app.migration.locking, "DDL_LOCK_TIMEOUT", "1s")
     settings = settings_for(postgres_url, tmp_path)
     upgrade_database(settings, BASELINE)
     service = make_engine(postgres_url)

@@ -19,4 +19,4 @@ from pytest_alembic.tests.experimental import (  # noqa: F401
 
 
 def test_all_models_register_on_metadata(alembic_runner) -> None:
-    _all_models_register_on_metadata(alembic_runner, "app.db")
+    _all_models_register_on_metadata(alembic_runner, "app.data")

@@ -1,7 +1,7 @@
 """Commands that only read (`alembic current`, `check`, `history`) never wait and never write.
 
 They are told apart from writing runs with Alembic's public API
-(`app.db.upgrade.writes_to_database`), run on a read-only connection, and take
+(`app.migration.guarded_run.writes_to_database`), run on a read-only connection, and take
 no upgrade lock: while another process holds the upgrade lock and a write
 transaction, they still answer at once, on SQLite and PostgreSQL.
 """
@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.engine import URL
 
-from app.config import Settings, migration_lock_path
-from app.db.history import history_table
-from app.db.locking import POSTGRES_LOCK_KEY
-from app.db.upgrade import alembic_config, plan_run, script_directory, upgrade_database
+from app.config import Settings
+from app.migration.guarded_run import alembic_config, plan_run, script_directory, upgrade_database
+from app.migration.journal import history_table
+from app.migration.locking import POSTGRES_LOCK_KEY
+from app.migration.sqlite_files import migration_lock_path
 from tests.conftest import settings_for
 from tests.legacy_data import BASELINE, HEAD, VENV_BIN, command_environment, run_command
 

@@ -1,7 +1,7 @@
 """The models and the baseline revision reproduce the schema the last release shipped.
 
-The released schema is app/db/legacy/multi_site.sql, the DDL that release's
-`create_all` produced on SQLite (app/db/legacy/releases/ holds the schemas of
+The released schema is tests/data/legacy_sql/multi_site.sql, the DDL that release's
+`create_all` produced on SQLite (app/migration/adoption/releases/ holds the schemas of
 the databases the real releases made, tests/data/releases/ the databases).
 Databases made by it are adopted (stamped at the baseline) only if the
 baseline creates exactly that schema, so the comparison here covers exact
@@ -19,7 +19,9 @@ from alembic import command
 from sqlalchemy.engine import URL
 
 from app.config import Settings
-from app.db.adoption import (
+from app.data.models import metadata
+from app.engine import make_engine
+from app.migration.adoption.adopt import (
     MULTI_SITE,
     RELEASED_SCHEMAS,
     SINGLE_SITE,
@@ -27,17 +29,15 @@ from app.db.adoption import (
     released_sqlite_schema,
     sqlite_definitions,
 )
-from app.db.engine import make_engine
-from app.db.models import metadata
-from app.db.schema_shape import IGNORED_TABLES, describe_schema, diff_schemas
-from app.db.upgrade import alembic_config
+from app.migration.adoption.schema_shape import IGNORED_TABLES, describe_schema, diff_schemas
+from app.migration.guarded_run import alembic_config
 from tests.conftest import settings_for
 from tests.legacy_data import release_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LEGACY_DIR = REPO_ROOT / "app" / "db" / "legacy"
+LEGACY_DIR = REPO_ROOT / "tests" / "data" / "legacy_sql"
 SPEC_LEGACY_DIR = REPO_ROOT.parent / "shared" / "spec" / "legacy"
-RELEASE_SCHEMA_DIR = LEGACY_DIR / "releases"
+RELEASE_SCHEMA_DIR = REPO_ROOT / "app" / "migration" / "adoption" / "releases"
 BASELINE = "5cb5dab892ec"
 RELEASED_TABLES = ("clienttask", "episodeavailability", "job")
 

@@ -1,4 +1,4 @@
-"""`anibridge restore` and `app.db.restore.restore_backup`: guarded, and nothing is lost."""
+"""`anibridge restore` and `app.migration.restore.restore_backup`: guarded, and nothing is lost."""
 
 import os
 import socket
@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy.engine import URL
 
 from app.config import Settings
-from app.db.errors import BackupError, DatabaseInUseError
-from app.db.locking import sqlite_upgrade_lock
-from app.db.restore import restore_backup
-from app.db.upgrade import script_directory, upgrade_database
+from app.migration.errors import BackupError, DatabaseInUseError
+from app.migration.guarded_run import script_directory, upgrade_database
+from app.migration.locking import sqlite_upgrade_lock
+from app.migration.restore import restore_backup
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,

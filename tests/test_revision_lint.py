@@ -1,4 +1,6 @@
-"""The lint of destructive revisions (app/db/lint.py): every revision passes, each rule fires.
+"""The lint of destructive revisions (app/migration/authoring/lint.py).
+
+Every revision passes, each rule fires.
 
 The rules are tried on small revisions written into a scratch versions folder,
 each one operation that loses data (or one that looks like it but does not).
@@ -9,8 +11,8 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
-from app.db.lint import lint_revisions
-from app.db.upgrade import script_directory
+from app.migration.authoring.lint import lint_revisions
+from app.migration.guarded_run import script_directory
 
 REVISION = '''"""A revision for the lint."""
 

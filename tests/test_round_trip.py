@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from alembic import command
 
 from app.config import Settings
-from app.db.engine import make_engine
-from app.db.schema_shape import IGNORED_TABLES
-from app.db.upgrade import alembic_config, database_revision, script_directory
+from app.engine import make_engine
+from app.migration.adoption.schema_shape import IGNORED_TABLES
+from app.migration.guarded_run import alembic_config, database_revision, script_directory
 from tests.revision_data import AT_REVISION_DATA, BASELINE, STRM_URL_MAPPING
 
 

@@ -11,9 +11,10 @@ from alembic import command
 from sqlalchemy.engine import URL
 
 from app.config import Settings
-from app.db.history import history_table
-from app.db.upgrade import alembic_config, upgrade_database
-from app.status import database_status, describe_difference
+from app.data.models import metadata
+from app.migration.guarded_run import alembic_config, upgrade_database
+from app.migration.journal import history_table
+from app.migration.status import database_status, describe_difference
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,
@@ -125,7 +126,7 @@ def test_edited_revision_and_drift_are_named(settings: Settings) -> None:
         connection.execute(sa.text("ALTER TABLE job ADD COLUMN note VARCHAR"))
     engine.dispose()
 
-    report = database_status(settings)
+    report = database_status(settings, metadata)
 
     assert report.edited == [BASELINE]
     assert report.drift == ["column job.note is in the database but not in the models"]
@@ -186,7 +187,7 @@ def test_drift_in_words(settings: Settings, sql: str, sentence: str) -> None:
     upgrade_database(settings)
     execute(settings, sql)
 
-    drift = database_status(settings).drift
+    drift = database_status(settings, metadata).drift
 
     assert any(line.startswith(sentence) for line in drift), drift
 

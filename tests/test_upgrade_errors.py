@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from app.db.engine import make_engine
-from app.db.errors import DatabaseNewerThanCodeError
-from app.db.upgrade import upgrade_database
+from app.engine import make_engine
+from app.migration.errors import DatabaseNewerThanCodeError
+from app.migration.guarded_run import upgrade_database
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,

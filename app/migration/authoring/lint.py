@@ -1,4 +1,5 @@
-"""A lint for revisions that can lose data: `python -m app.db.lint`, and a test in the suite.
+"""A lint for revisions that can lose data, run by a test in the suite and by
+`python -m app.migration.authoring.lint`.
 
 Each revision's `upgrade()` is run against a recording stand-in for Alembic's
 DDL implementation (offline, PostgreSQL dialect, nothing executed), which sees
@@ -37,7 +38,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from alembic.script import Script, ScriptDirectory
 
-from app.db.autogen import generic_type
+from app.migration.authoring.autogenerate import generic_type
 
 ACKNOWLEDGEMENTS = "acknowledged_data_loss"
 INTEGER_WIDTHS = {sa.SmallInteger: 1, sa.Integer: 2, sa.BigInteger: 3}
@@ -177,7 +178,7 @@ def lint_revisions(script_directory: ScriptDirectory) -> list[Finding]:
 
 
 def main(report: Callable[[str], None] = print) -> int:
-    from app.db.upgrade import script_directory
+    from app.migration.guarded_run import script_directory
 
     findings = lint_revisions(script_directory())
     for finding in findings:

@@ -1,4 +1,4 @@
-"""Snapshots of the SQLite database taken before an upgrade (restore: app.db.restore).
+"""Snapshots of the SQLite database taken before an upgrade (restore: app.migration.restore).
 
 The snapshot is taken through a separate read-only connection holding a read
 lock, while the upgrade already holds the write lock (`BEGIN IMMEDIATE`), so
@@ -19,7 +19,8 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.db.errors import BackupError
+from app.migration.errors import BackupError
+from app.migration.sqlite_files import read_only_uri
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _copy_consistently(database: Path, target: Path) -> None:
     this process would drop the POSIX locks SQLite holds for the upgrade.
     """
     os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-    uri = f"{database.resolve().as_uri()}?mode=ro"
+    uri = read_only_uri(database)
     source = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         source.execute("BEGIN")

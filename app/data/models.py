@@ -2,10 +2,10 @@
 
 `Job`, `EpisodeAvailability` and `ClientTask` match, column for column, the
 schema the last release created with `create_all` (see
-app/db/legacy/multi_site.sql). Defaults are Python-side, as they were
+tests/data/legacy_sql/multi_site.sql). Defaults are Python-side, as they were
 then. `StrmUrlMapping` is dormant: the table exists, nothing uses it yet.
 
-Import `metadata` from here (not from app.db.metadata) wherever the tables
+Import `metadata` from here (not from app.data.metadata) wherever the tables
 must be on it: this module is what registers them.
 """
 
@@ -16,7 +16,7 @@ from uuid import uuid4
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer
 from sqlmodel import Field, SQLModel
 
-from app.db.metadata import metadata
+from app.data.metadata import metadata
 
 DEFAULT_SITE = "aniworld.to"
 

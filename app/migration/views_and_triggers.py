@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from app.db.errors import MigrationError, database_reason
+from app.migration.errors import MigrationError, database_reason
 
 PROBE_TABLE = "_anibridge_schema_probe"
 

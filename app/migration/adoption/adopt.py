@@ -1,7 +1,7 @@
 """Adopt databases made before migrations existed.
 
 Releases before migrations built the schema with `create_all` and recorded no
-revision. Three schemas exist on users' disks (app/db/legacy/releases/ holds
+revision. Three schemas exist on users' disks (app/migration/adoption/releases/ holds
 each one as the real release files store it):
 
 * multi-site (v1.17.0 ... v2.1.0): the baseline's schema; stamped as it is;
@@ -33,15 +33,15 @@ from alembic.operations import Operations
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from app.db.errors import MigrationError, UnknownSchemaError
-from app.db.schema_shape import (
+from app.migration.adoption.schema_shape import (
     IGNORED_TABLES,
     TableShape,
     app_tables,
     describe_schema,
     diff_schemas,
 )
-from app.db.user_objects import (
+from app.migration.errors import MigrationError, UnknownSchemaError
+from app.migration.views_and_triggers import (
     check_views_and_triggers,
     user_views_and_triggers,
     views_and_triggers_set_aside,
@@ -116,7 +116,7 @@ def release_statements(released: ReleasedSchema) -> list[str]:
     The files list `sqlite_master` sorted by type and name; comment lines stand
     for SQLite's automatic indexes, which have no statement.
     """
-    text = files("app.db.legacy").joinpath("releases", released.schema_file).read_text()
+    text = files("app.migration.adoption").joinpath("releases", released.schema_file).read_text()
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     statements = [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
     return sorted(statements, key=lambda statement: not statement.startswith("CREATE TABLE"))

@@ -21,27 +21,27 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, MetaData
 
 from app.config import Settings
-from app.db.autogen import COMPARE_OPTIONS
-from app.db.backup import list_backups, read_backup_name
-from app.db.connect import connect_for_migrations
-from app.db.history import (
-    HistoryRow,
-    file_checksum,
-    read_history,
-    release_that_applied,
-)
-from app.db.locking import upgrade_running
-from app.db.schema_shape import app_tables
-from app.db.upgrade import (
+from app.migration.adoption.schema_shape import app_tables
+from app.migration.backup import list_backups, read_backup_name
+from app.migration.connection import connect_for_migrations
+from app.migration.guarded_run import (
     current_heads,
     newer_database_message,
     plan_run,
     script_directory,
     unknown_revisions,
 )
+from app.migration.journal import (
+    COMPARE_OPTIONS,
+    HistoryRow,
+    file_checksum,
+    read_history,
+    release_that_applied,
+)
+from app.migration.locking import upgrade_running
 
 
 @dataclass
@@ -62,8 +62,13 @@ class DatabaseStatus:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
-def database_status(settings: Settings) -> DatabaseStatus:
-    """Everything `anibridge status` shows, read in one read-only connection."""
+def database_status(settings: Settings, target_metadata: MetaData | None = None) -> DatabaseStatus:
+    """Everything `anibridge status` shows, read in one read-only connection.
+
+    The schema is compared with `target_metadata` (the models) when it is given
+    and the database is at head; the caller hands the models in, so this
+    subsystem never imports them.
+    """
     settings = dataclasses.replace(settings, connect_retries=0)
     script = script_directory()
     with connect_for_migrations(settings, read_only=True) as connection:
@@ -81,12 +86,16 @@ def database_status(settings: Settings) -> DatabaseStatus:
             history=[row.as_dict() for row in history],
             edited=edited_revisions(script, current, history),
         )
-        fill_state(status, script, connection, current)
+        fill_state(status, script, connection, current, target_metadata)
     return status
 
 
 def fill_state(
-    status: DatabaseStatus, script: ScriptDirectory, connection: Connection, current
+    status: DatabaseStatus,
+    script: ScriptDirectory,
+    connection: Connection,
+    current,
+    target_metadata: MetaData | None,
 ) -> None:
     unknown = unknown_revisions(script, current)
     if unknown:
@@ -100,8 +109,8 @@ def fill_state(
         status.state = "unversioned" if app_tables(connection) else "empty"
     else:
         status.state = "pending" if status.pending else "at_head"
-    if status.state == "at_head":
-        status.drift = schema_drift(connection)
+    if status.state == "at_head" and target_metadata is not None:
+        status.drift = schema_drift(connection, target_metadata)
 
 
 def backups_of(settings: Settings) -> list[dict[str, Any]]:
@@ -151,10 +160,8 @@ def edited_revisions(
     ]
 
 
-def schema_drift(connection: Connection) -> list[str]:
+def schema_drift(connection: Connection, metadata: MetaData) -> list[str]:
     """The differences `alembic check` would report, one sentence each."""
-    from app.db.models import metadata
-
     context = MigrationContext.configure(connection, opts=COMPARE_OPTIONS)
     return [describe_difference(diff) for diff in flatten(compare_metadata(context, metadata))]
 

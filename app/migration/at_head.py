@@ -1,6 +1,6 @@
 """Answer "is the SQLite database already at head?" with the standard library only.
 
-`python -m app.head_check` prints the head revision and exits 0 when the
+`python -m app.migration.at_head` prints the head revision and exits 0 when the
 database is certainly at it, and exits 1 otherwise. The container's entrypoint
 runs it in front of `alembic upgrade head`: when nothing is pending, importing
 SQLAlchemy and Alembic costs twenty times more than the answer itself, so the
@@ -32,15 +32,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.config import (
-    DATABASE_FILE_NAME,
-    SQLITE_HEADER,
-    ConfigError,
+from app.config import DATABASE_FILE_NAME, ConfigError, parse_options
+from app.migration.sqlite_files import (
+    is_sqlite_file,
     migration_lock_path,
-    parse_options,
+    read_only_uri,
 )
 
-VERSIONS_DIR = Path(__file__).resolve().parents[1] / "migrations" / "versions"
+VERSIONS_DIR = Path(__file__).resolve().parents[2] / "migrations" / "versions"
 PLAIN_SQLITE_URL = r"sqlite(?:\+pysqlite)?:///([^?#%:@]+)"
 REQUIRED_NAMES = ("revision", "down_revision")
 OPTIONAL_NAMES = ("branch_labels", "depends_on")
@@ -225,7 +224,7 @@ def stamped_revisions(database: Path) -> list[str] | None:
         return None
     try:
         with upgrade_lock_free(database):
-            connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+            connection = sqlite3.connect(read_only_uri(database), uri=True)
             try:
                 if connection.execute("PRAGMA foreign_key_check").fetchone() is not None:
                     return None
@@ -238,16 +237,15 @@ def stamped_revisions(database: Path) -> list[str] | None:
 
 
 def database_passes_preflight(database: Path) -> bool:
-    """The checks `app.db.connect.check_sqlite_file` makes, and the lock file's."""
+    """The checks `app.migration.connection.check_sqlite_file` makes, and the lock file's."""
     folder = database.parent
     lock = migration_lock_path(database)
     try:
-        with database.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
+        is_sqlite = is_sqlite_file(database)
     except OSError:
         return False
     return (
-        header == SQLITE_HEADER
+        is_sqlite
         and os.access(folder, os.W_OK | os.X_OK)
         and os.access(database, os.R_OK | os.W_OK)
         and os.access(lock, os.R_OK | os.W_OK)

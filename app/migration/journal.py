@@ -149,3 +149,14 @@ def release_that_applied(connection: Connection, revision: str) -> HistoryRow | 
         if row.revision == revision and row.direction in ("upgrade", "stamp", "adopt")
     ]
     return rows[-1] if rows else None
+
+
+COMPARE_OPTIONS = {
+    "compare_type": True,
+    "compare_server_default": True,
+    "include_name": is_migration_table,
+}
+"""How autogenerate, `alembic check` and `anibridge status` compare the database with the models.
+
+The migration system's own tables are left out: they are not models.
+"""

@@ -20,9 +20,10 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.config import SQLITE_HEADER, Settings
-from app.db.engine import is_migration_engine, make_engine
-from app.db.errors import DatabaseUnavailableError, MigrationError, describe_database_error
+from app.config import Settings
+from app.engine import is_migration_engine, make_engine
+from app.migration.errors import DatabaseUnavailableError, MigrationError, describe_database_error
+from app.migration.sqlite_files import is_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,7 @@ def check_sqlite_file(path: Path, *, writable: bool = True) -> None:
             f"the database {path} is not {needed} by user {os.getuid()}; "
             "fix its ownership (PUID/PGID) or permissions"
         )
-    with path.open("rb") as handle:
-        header = handle.read(len(SQLITE_HEADER))
-    if header and header != SQLITE_HEADER:
+    if not is_sqlite_file(path, empty_ok=True):
         raise DatabaseUnavailableError(
             f"{path} is not a SQLite database; restore it from DATA_DIR/backups "
             "or move it away to start afresh"
@@ -99,7 +98,7 @@ def require_migration_settings(connection: Connection) -> None:
         raise MigrationError(
             "the connection handed to Alembic (config.attributes['connection']) lacks the "
             "migration settings (driver autocommit, BEGIN IMMEDIATE, foreign keys off); "
-            "build it with app.db.engine.make_engine(url, for_migrations=True)"
+            "build it with app.engine.make_engine(url, for_migrations=True)"
         )
 
 

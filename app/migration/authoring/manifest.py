@@ -10,7 +10,7 @@ A revision starts as `draft`: while it is being written, `update` re-sums it.
 file fails the test suite, `update` refuses it, and the only way to accept the
 change is `amend`, which appends an `amended` line with the old and new
 checksums, the date and the reason. Run as
-`python -m app.db.manifest [update|check|release|amend REVISION --reason TEXT]`;
+`python -m app.migration.authoring.manifest [update|check|release|amend REVISION --reason TEXT]`;
 alembic.ini's post-write hook runs `hook FILE` (an update) after every
 `alembic revision`.
 """
@@ -24,11 +24,11 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 
-from app.db.history import file_checksum
+from app.migration.journal import file_checksum
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 MANIFEST_NAME = "manifest.txt"
-UPDATE_COMMAND = "python -m app.db.manifest"
+UPDATE_COMMAND = "python -m app.migration.authoring.manifest"
 HEADER = (
     "# SHA-256 of every revision file, in chain order; the last line names the single head.\n"
     f'# Written by `{UPDATE_COMMAND}`; see docs/migrations.md, "The manifest".\n'

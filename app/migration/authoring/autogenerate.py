@@ -21,18 +21,9 @@ from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 
-from app.db.history import is_migration_table
-
 log = logging.getLogger(__name__)
 
 NOTE_WIDTH = 72
-
-COMPARE_OPTIONS = {
-    "compare_type": True,
-    "compare_server_default": True,
-    "include_name": is_migration_table,
-}
-"""How autogenerate, `alembic check` and `anibridge status` compare the database with the models."""
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:

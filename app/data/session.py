@@ -1,6 +1,6 @@
 """Sessions for the service.
 
-Kept apart from app.db.engine, which the upgrade uses without importing SQLModel.
+Kept apart from app.engine, which the upgrade uses without importing SQLModel.
 """
 
 from collections.abc import Iterator

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Dialect, inspect, types
 from sqlalchemy.exc import CompileError
 
-from app.db.history import HISTORY_TABLE
+from app.migration.journal import HISTORY_TABLE
 
 IGNORED_TABLES = frozenset({"alembic_version", HISTORY_TABLE})
 

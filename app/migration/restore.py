@@ -25,12 +25,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
-from app.config import SQLITE_HEADER
-from app.db.adoption import recognise_unversioned_database
-from app.db.backup import fsync_file
-from app.db.errors import BackupError, UnknownSchemaError
-from app.db.locking import exclusive_database_use
-from app.db.schema_shape import app_tables
+from app.migration.adoption.adopt import recognise_unversioned_database
+from app.migration.adoption.schema_shape import app_tables
+from app.migration.backup import fsync_file
+from app.migration.errors import BackupError, UnknownSchemaError
+from app.migration.locking import exclusive_database_use
+from app.migration.sqlite_files import is_sqlite_file, read_only_uri
 
 SET_ASIDE_COMPANIONS = ("-wal", "-journal")
 """Files that hold part of the set-aside database's content, moved along with it."""
@@ -65,11 +65,10 @@ def refuse_live_source(backup: Path, target: Path) -> None:
 def verify_backup(backup: Path, script: ScriptDirectory) -> None:
     """Refuse a backup that is not whole or that this release could not start from."""
     try:
-        with backup.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
+        readable = is_sqlite_file(backup)
     except OSError as exc:
         raise BackupError(f"cannot read the backup {backup}: {exc.strerror}") from None
-    if header != SQLITE_HEADER:
+    if not readable:
         raise BackupError(f"{backup} is not a readable SQLite backup: no SQLite header")
     with opened_read_only(backup) as connection:
         require_intact(backup, connection)
@@ -78,7 +77,7 @@ def verify_backup(backup: Path, script: ScriptDirectory) -> None:
 
 @contextmanager
 def opened_read_only(backup: Path) -> Iterator[sa.Connection]:
-    uri = f"file:{backup.resolve()}?mode=ro&immutable=1"
+    uri = read_only_uri(backup, immutable=True)
     engine = sa.create_engine(
         "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=sa.pool.NullPool
     )

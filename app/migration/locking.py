@@ -24,8 +24,8 @@ from pathlib import Path
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
-from app.config import migration_lock_path, service_lock_path
-from app.db.errors import DatabaseInUseError, MigrationError, MigrationLockTimeoutError
+from app.migration.errors import DatabaseInUseError, MigrationError, MigrationLockTimeoutError
+from app.migration.sqlite_files import lock_held_elsewhere, migration_lock_path, service_lock_path
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +76,8 @@ def upgrade_running(connection: Connection, url: URL) -> bool:
     on `connection`.
     """
     if url.get_backend_name() == "sqlite":
-        return _sqlite_lock_held(migration_lock_path(url.database))
+        return lock_held_elsewhere(migration_lock_path(url.database))
     return bool(connection.execute(ADVISORY_LOCK_HELD, {"key": POSTGRES_LOCK_KEY}).scalar())
-
-
-def _sqlite_lock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 @contextmanager

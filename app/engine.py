@@ -19,12 +19,13 @@ upgrade holds.
 import glob
 import logging
 import os
-from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
+
+from app.migration.sqlite_files import read_only_uri
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def make_engine(url: URL, *, for_migrations: bool = False, read_only: bool = Fal
 
 def _make_read_only_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
-        read_only_file = Path(url.database).resolve().as_uri() + "?mode=ro"
+        read_only_file = read_only_uri(url.database)
         return create_engine(
             url.set(database=read_only_file, query={"uri": "true"}),
             connect_args={"timeout": READ_ONLY_LOCK_WAIT_S},

@@ -11,7 +11,7 @@ connection. For the others, `guarded_migrations` turns Alembic's plain run into:
    backup before the first change (a downgrade, which may drop tables and
    their rows, is backed up too);
 5. on SQLite, the user's views and triggers set aside while revisions run
-   (a batch-mode table rebuild fails on them otherwise; see app.db.user_objects);
+   (a batch-mode table rebuild fails on them otherwise; see app.migration.views_and_triggers);
 6. after the revisions ran: a foreign-key check on SQLite, then commit; only
    then are the revisions logged as applied and old backups pruned;
 7. any failure becomes one line that says the run was rolled back and names
@@ -42,18 +42,18 @@ from sqlalchemy.exc import DBAPIError
 
 from app import app_version
 from app.config import Settings
-from app.db.adoption import (
+from app.migration.adoption.adopt import (
     adopt_legacy_database,
     has_unversioned_app_tables,
     recognise_unversioned_database,
 )
-from app.db.backup import backup_database, prune_backups
-from app.db.connect import connect_for_migrations, probe, require_migration_settings
-from app.db.errors import DatabaseNewerThanCodeError, MigrationError, describe_database_error
-from app.db.history import HistoryRecorder, HistoryRow, record, release_that_applied
-from app.db.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
-from app.db.progress import RevisionHeartbeat
-from app.db.user_objects import views_and_triggers_set_aside
+from app.migration.backup import backup_database, prune_backups
+from app.migration.connection import connect_for_migrations, probe, require_migration_settings
+from app.migration.errors import DatabaseNewerThanCodeError, MigrationError, describe_database_error
+from app.migration.journal import HistoryRecorder, HistoryRow, record, release_that_applied
+from app.migration.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
+from app.migration.progress import RevisionHeartbeat
+from app.migration.views_and_triggers import views_and_triggers_set_aside
 
 log = logging.getLogger(__name__)
 

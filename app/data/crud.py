@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
-from app.db.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job, utc_now
+from app.data.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job, utc_now
 
 JOB_STATUSES = ("queued", "downloading", "completed", "failed", "cancelled")
 UNFINISHED_JOB_STATUSES = ("queued", "downloading")

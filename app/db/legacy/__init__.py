@@ -1,1 +1,0 @@
-"""Schemas of released databases made before migrations existed, kept as data."""
