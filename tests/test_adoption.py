@@ -23,7 +23,12 @@ from sqlalchemy.engine import URL
 
 import app.migration.adoption.adopt
 from app.engine import make_engine
-from app.migration.adoption.adopt import released_sqlite_schema, sqlite_definitions
+from app.migration.adoption.adopt import (
+    RELEASED_SCHEMAS,
+    KnownSchema,
+    released_sqlite_schema,
+    sqlite_definitions,
+)
 from app.migration.adoption.schema_shape import TableShape, describe_schema
 from app.migration.errors import MigrationError, UnknownSchemaError
 from app.migration.guarded_run import current_heads, upgrade_database
@@ -50,6 +55,7 @@ from tests.legacy_data import (
     MULTI_SITE,
     RELEASE_CHECKSUMS,
     RELEASE_FILES,
+    REPO_ROOT,
     SINGLE_SITE,
     SITE_COLUMNS,
     SITES,
@@ -172,6 +178,13 @@ def copy_release(name: str, data_dir: Path) -> Path:
     database = Path(shutil.copyfile(release_file(name), data_dir / "anibridge_jobs.db"))
     database.chmod(0o644)
     return database
+
+
+def released_schema_of(name: str) -> KnownSchema:
+    """The schema adoption knows for a release file (v2.1.0.db: v2.1.0.schema.sql)."""
+    schema_file = name.removesuffix(".db") + ".schema.sql"
+    (released,) = [known for known in RELEASED_SCHEMAS if known.schema_file == schema_file]
+    return released_sqlite_schema(released)
 
 
 def site_values(database: Path, columns: dict[str, list[str]]) -> dict[str, set]:
@@ -348,23 +361,45 @@ UNKNOWN_SCHEMAS = {
         "CREATE TABLE foo (id INTEGER PRIMARY KEY)",
         "table foo is not part of that schema",
     ),
+    "renamed column": (
+        "ALTER TABLE job RENAME COLUMN message TO note",
+        "table job: column message is missing; "
+        "table job: column note (VARCHAR) is not part of that schema",
+    ),
 }
 CLOSEST_MULTI_SITE = "closest to the multi-site schema of v1.17.0 ... v2.1.0"
+OWN_INDEX = (
+    "table job: index idx_user on (message) is not part of that schema "
+    '(if you made it, drop it: DROP INDEX "idx_user")'
+)
 
 
-def create_unknown_schema(database: Path, change: str) -> None:
-    copy_release("v2.1.0.db", database.parent)
+def execute_on(database: Path, *statements: str) -> None:
     connection = sqlite3.connect(database)
     try:
-        connection.execute(change)
+        for statement in statements:
+            connection.execute(statement)
         connection.commit()
     finally:
         connection.close()
 
 
+def create_unknown_schema(database: Path, *changes: str, name: str = "v2.1.0.db") -> None:
+    copy_release(name, database.parent)
+    execute_on(database, *changes)
+
+
+def assert_refused_untouched(data_dir: Path, checksum: str) -> None:
+    """What every refusal promises: the file byte for byte as it was, unstamped, no backup."""
+    database = data_dir / "anibridge_jobs.db"
+    assert sha256_of(database) == checksum
+    assert "alembic_version" not in sqlite_table_names(database)
+    assert backup_files(data_dir) == []
+
+
 @pytest.mark.parametrize("case", sorted(UNKNOWN_SCHEMAS))
 def test_unknown_schema_is_refused_in_process_and_left_untouched(tmp_path: Path, case: str) -> None:
-    change, difference = UNKNOWN_SCHEMAS[case]
+    change, differences = UNKNOWN_SCHEMAS[case]
     database = tmp_path / "anibridge_jobs.db"
     create_unknown_schema(database, change)
     checksum = sha256_of(database)
@@ -372,11 +407,9 @@ def test_unknown_schema_is_refused_in_process_and_left_untouched(tmp_path: Path,
     with pytest.raises(UnknownSchemaError, match="Nothing was changed") as refusal:
         upgrade_database(settings_for(sqlite_url(tmp_path), tmp_path))
 
-    assert difference in str(refusal.value)
-    assert CLOSEST_MULTI_SITE in str(refusal.value)
-    assert sha256_of(database) == checksum
-    assert "alembic_version" not in sqlite_table_names(database)
-    assert backup_files(tmp_path) == []
+    listing = f"{CLOSEST_MULTI_SITE}, which differs as follows: {differences}. Nothing was changed"
+    assert listing in str(refusal.value)
+    assert_refused_untouched(tmp_path, checksum)
 
 
 def test_unknown_schema_is_refused_by_the_command_line_in_one_line(tmp_path: Path) -> None:
@@ -388,9 +421,50 @@ def test_unknown_schema_is_refused_by_the_command_line_in_one_line(tmp_path: Pat
     line = failure_line(alembic_upgrade_head(command_environment(tmp_path)), "FAILED:")
 
     assert difference in line and "no migration history" in line
-    assert sha256_of(database) == checksum
-    assert "alembic_version" not in sqlite_table_names(database)
-    assert backup_files(tmp_path) == []
+    assert_refused_untouched(tmp_path, checksum)
+
+
+@pytest.mark.parametrize("name", RELEASE_FILES)
+def test_an_index_of_ones_own_is_refused_by_name_and_dropping_it_as_told_lets_adoption_through(
+    name: str, tmp_path: Path
+) -> None:
+    database = tmp_path / "anibridge_jobs.db"
+    create_unknown_schema(database, "CREATE INDEX idx_user ON job (message)", name=name)
+    checksum = sha256_of(database)
+    settings = settings_for(sqlite_url(tmp_path), tmp_path)
+
+    with pytest.raises(UnknownSchemaError, match="Nothing was changed") as refusal:
+        upgrade_database(settings)
+
+    closest = released_schema_of(name).description
+    listing = f"closest to {closest}, which differs as follows: {OWN_INDEX}. Nothing was changed"
+    assert listing in str(refusal.value)
+    assert_refused_untouched(tmp_path, checksum)
+
+    execute_on(database, OWN_INDEX.split("drop it: ")[1].removesuffix(")"))
+    upgrade_database(settings)
+
+    assert sqlite_revision(database) == HEAD
+    assert release_row_checksums(database, released_columns(name)) == RELEASE_CHECKSUMS[name]
+
+
+def test_a_column_and_an_index_are_named_in_the_line_the_adoption_guide_shows(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "anibridge_jobs.db"
+    create_unknown_schema(
+        database,
+        "ALTER TABLE clienttask ADD COLUMN note TEXT",
+        "CREATE INDEX idx_user ON job (message)",
+        name="v1.16.1.db",
+    )
+    checksum = sha256_of(database)
+
+    line = failure_line(python_migrate(command_environment(tmp_path)), "anibridge: error:")
+
+    assert "table clienttask: column note (TEXT) is not part of that schema; " + OWN_INDEX in line
+    assert line in (REPO_ROOT / "docs" / "adoption.md").read_text().splitlines()
+    assert_refused_untouched(tmp_path, checksum)
 
 
 def test_empty_alembic_version_table_counts_as_unversioned(tmp_path: Path) -> None:
@@ -728,49 +802,93 @@ def test_concurrent_starts_convert_a_release_file_once(name: str, tmp_path: Path
 VARIANT_TRIALS = env_int("ADOPTION_VARIANT_TRIALS", 24)
 
 
-def table_and_column(rng: random.Random, connection: sqlite3.Connection) -> tuple[str, str]:
-    table = rng.choice(LEGACY_TABLES)
-    columns = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
-    return table, rng.choice(columns)
+@dataclass
+class ReleaseObjects:
+    """The release file's own columns and indexes that no refused change has used yet.
+
+    A refused change picks only from these, marks what it picked as used, and
+    makes its own objects under fresh names; so no change can undo another (a
+    dropped index is never one a change made, a renamed column never one a
+    change indexed) and each change's sentence still holds once all have run.
+    """
+
+    columns: dict[str, list[str]]
+    indexes: dict[str, tuple[str, tuple[str, ...]]]
+    made: int = 0
+
+    def fresh(self, stem: str) -> str:
+        self.made += 1
+        return f"{stem}_{self.made}"
+
+    def take_column(self, rng: random.Random) -> tuple[str, str]:
+        table = rng.choice([table for table in LEGACY_TABLES if self.columns[table]])
+        column = rng.choice(self.columns[table])
+        self.columns[table].remove(column)
+        return table, column
 
 
-def add_column(rng: random.Random, connection: sqlite3.Connection) -> str:
-    table = rng.choice(LEGACY_TABLES)
-    kind = rng.choice(("TEXT", "INTEGER", "VARCHAR"))
-    connection.execute(f"ALTER TABLE {table} ADD COLUMN note {kind}")
-    return f"table {table}: column note ({kind}) is not part of that schema"
-
-
-def add_index(rng: random.Random, connection: sqlite3.Connection) -> str:
-    table, column = table_and_column(rng, connection)
-    connection.execute(f"CREATE INDEX my_index ON {table} ({column})")
-    return 'DROP INDEX "my_index"'
-
-
-def drop_index(rng: random.Random, connection: sqlite3.Connection) -> str:
-    (name,) = rng.choice(
-        connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+def release_objects(connection: sqlite3.Connection) -> ReleaseObjects:
+    columns = {
+        table: [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+        for table in LEGACY_TABLES
+    }
+    indexes = {
+        name: (table, tuple(row[2] for row in connection.execute(f"PRAGMA index_info({name})")))
+        for name, table in connection.execute(
+            "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
         ).fetchall()
-    )
+    }
+    return ReleaseObjects(columns, indexes)
+
+
+RefusedChange = Callable[[random.Random, sqlite3.Connection, ReleaseObjects], list[str]]
+
+
+def add_column(rng: random.Random, connection: sqlite3.Connection, release: ReleaseObjects):
+    table, name = rng.choice(LEGACY_TABLES), release.fresh("note")
+    kind = rng.choice(("TEXT", "INTEGER", "VARCHAR"))
+    connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    return [f"table {table}: column {name} ({kind}) is not part of that schema"]
+
+
+def add_index(rng: random.Random, connection: sqlite3.Connection, release: ReleaseObjects):
+    (table, column), name = release.take_column(rng), release.fresh("my_index")
+    connection.execute(f"CREATE INDEX {name} ON {table} ({column})")
+    return [
+        f"table {table}: index {name} on ({column}) is not part of that schema "
+        f'(if you made it, drop it: DROP INDEX "{name}")'
+    ]
+
+
+def drop_index(rng: random.Random, connection: sqlite3.Connection, release: ReleaseObjects):
+    name = rng.choice(sorted(release.indexes))
+    table, columns = release.indexes.pop(name)
     connection.execute(f"DROP INDEX {name}")
-    return f"index {name} on"
+    return [f"table {table}: index {name} on ({', '.join(columns)}) is missing"]
 
 
-def add_table(rng: random.Random, connection: sqlite3.Connection) -> str:
-    connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-    return "table notes is not part of that schema"
+def add_table(rng: random.Random, connection: sqlite3.Connection, release: ReleaseObjects):
+    name = release.fresh("notes")
+    connection.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, body TEXT)")
+    return [f"table {name} is not part of that schema"]
 
 
-def rename_column(rng: random.Random, connection: sqlite3.Connection) -> str:
-    table, column = table_and_column(rng, connection)
-    if column == "note":
-        return rename_column(rng, connection)
+def rename_column(rng: random.Random, connection: sqlite3.Connection, release: ReleaseObjects):
+    table, column = release.take_column(rng)
     connection.execute(f"ALTER TABLE {table} RENAME COLUMN {column} TO renamed_{column}")
-    return f"table {table}: column {column} is missing"
+    return [
+        f"table {table}: column {column} is missing",
+        f"table {table}: column renamed_{column} (",
+    ]
 
 
-REFUSED_CHANGES = (add_column, add_index, drop_index, add_table, rename_column)
+REFUSED_CHANGES: tuple[RefusedChange, ...] = (
+    add_column,
+    add_index,
+    drop_index,
+    add_table,
+    rename_column,
+)
 ACCEPTED_CHANGES = {
     **USER_ADDITIONS,
     "vacuum": lambda connection: connection.execute("VACUUM"),
@@ -778,38 +896,75 @@ ACCEPTED_CHANGES = {
 }
 
 
+def tables_and_indexes(database: Path) -> set[tuple]:
+    """The file's tables and indexes as `sqlite_master` stores them (SQLite's own left out)."""
+    connection = sqlite3.connect(database)
+    try:
+        return set(
+            connection.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master "
+                "WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite~_%' ESCAPE '~'"
+            )
+        )
+    finally:
+        connection.close()
+
+
+def random_variant_trial(
+    rng: random.Random, data_dir: Path, head_shape: dict[str, TableShape], trial: int = 0
+) -> bool:
+    """Make one random variant of a release file and upgrade it; True if it was refused.
+
+    Whether the file must be refused is read from the file made, not from the
+    list of changes: its tables and indexes differ from the release's or not.
+    The changes' own sentences are what the refusal must name.
+    """
+    name = rng.choice(RELEASE_FILES)
+    database = copy_release(name, data_dir)
+    release_schema = tables_and_indexes(database)
+    accepted = rng.sample(sorted(ACCEPTED_CHANGES), rng.randrange(len(ACCEPTED_CHANGES) + 1))
+    refused = rng.choices(REFUSED_CHANGES, k=rng.choice((0, 0, 1, 2)))
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        release = release_objects(connection)
+        for change in accepted:
+            ACCEPTED_CHANGES[change](connection)
+        expected = [part for change in refused for part in change(rng, connection, release)]
+    finally:
+        connection.close()
+    label = f"trial {trial}: {name}, {accepted}, {[change.__name__ for change in refused]}"
+    must_refuse = tables_and_indexes(database) != release_schema
+    assert must_refuse == bool(expected), (
+        f"{label}: the file's tables and indexes {'differ from' if must_refuse else 'equal'} "
+        f"the release's, yet the changes expect {expected}"
+    )
+    checksum = sha256_of(database)
+    settings = settings_for(sqlite_url(data_dir), data_dir)
+    if must_refuse:
+        with pytest.raises(UnknownSchemaError) as refusal:
+            upgrade_database(settings)
+        message = str(refusal.value)
+        assert f"closest to {released_schema_of(name).description}," in message, (label, message)
+        assert [part for part in expected if part not in message] == [], (label, message)
+        assert sha256_of(database) == checksum, label
+        assert backup_files(data_dir) == [], label
+    else:
+        upgrade_database(settings)
+        assert sqlite_revision(database) == HEAD, label
+        assert sqlite_schema(database) == head_shape, label
+        checksums = release_row_checksums(database, released_columns(name))
+        assert checksums == RELEASE_CHECKSUMS[name], label
+    return must_refuse
+
+
 def test_random_variants_of_release_files_are_adopted_whole_or_refused_untouched(
     tmp_path: Path, head_shape: dict[str, TableShape]
 ) -> None:
     """Any mix of harmless additions is adopted; any other change is refused, named, untouched."""
     rng = seeded_random("adoption variants")
+    refused = 0
     for trial in range(VARIANT_TRIALS):
         data_dir = tmp_path / f"trial-{trial}"
-        name = rng.choice(RELEASE_FILES)
-        database = copy_release(name, data_dir)
-        accepted = rng.sample(sorted(ACCEPTED_CHANGES), rng.randrange(len(ACCEPTED_CHANGES) + 1))
-        refused = rng.sample(REFUSED_CHANGES, rng.choice((0, 0, 1, 2)))
-        connection = sqlite3.connect(database, isolation_level=None)
-        try:
-            for change in accepted:
-                ACCEPTED_CHANGES[change](connection)
-            expected = [change(rng, connection) for change in refused]
-        finally:
-            connection.close()
-        label = f"trial {trial}: {name}, {accepted}, {[change.__name__ for change in refused]}"
-        checksum = sha256_of(database)
-        settings = settings_for(sqlite_url(data_dir), data_dir)
-        if expected:
-            with pytest.raises(UnknownSchemaError) as refusal:
-                upgrade_database(settings)
-            assert all(part in str(refusal.value) for part in expected), (label, refusal.value)
-            assert sha256_of(database) == checksum, label
-            assert backup_files(data_dir) == [], label
-        else:
-            upgrade_database(settings)
-            assert sqlite_revision(database) == HEAD, label
-            assert sqlite_schema(database) == head_shape, label
-            assert (
-                release_row_checksums(database, released_columns(name)) == (RELEASE_CHECKSUMS[name])
-            ), label
+        refused += random_variant_trial(rng, data_dir, head_shape, trial)
         shutil.rmtree(data_dir)
+    print(f"adoption variants: {VARIANT_TRIALS - refused} adopted, {refused} refused")
