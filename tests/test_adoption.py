@@ -800,6 +800,7 @@ def test_concurrent_starts_convert_a_release_file_once(name: str, tmp_path: Path
 # --- random variants of the release files ----------------------------------------
 
 VARIANT_TRIALS = env_int("ADOPTION_VARIANT_TRIALS", 24)
+VARIANT_SEEDS = env_int("ADOPTION_VARIANT_SEEDS", 1)
 
 
 @dataclass
@@ -960,11 +961,16 @@ def random_variant_trial(
 def test_random_variants_of_release_files_are_adopted_whole_or_refused_untouched(
     tmp_path: Path, head_shape: dict[str, TableShape]
 ) -> None:
-    """Any mix of harmless additions is adopted; any other change is refused, named, untouched."""
-    rng = seeded_random("adoption variants")
+    """Any mix of harmless additions is adopted; any other change is refused, named, untouched.
+
+    Each seed runs VARIANT_TRIALS trials; a failure's captured output ends with its seed.
+    """
     refused = 0
-    for trial in range(VARIANT_TRIALS):
-        data_dir = tmp_path / f"trial-{trial}"
-        refused += random_variant_trial(rng, data_dir, head_shape, trial)
-        shutil.rmtree(data_dir)
-    print(f"adoption variants: {VARIANT_TRIALS - refused} adopted, {refused} refused")
+    for _ in range(VARIANT_SEEDS):
+        rng = seeded_random("adoption variants")
+        for trial in range(VARIANT_TRIALS):
+            data_dir = tmp_path / f"trial-{trial}"
+            refused += random_variant_trial(rng, data_dir, head_shape, trial)
+            shutil.rmtree(data_dir)
+    trials = VARIANT_SEEDS * VARIANT_TRIALS
+    print(f"adoption variants: {trials} trials, {trials - refused} adopted, {refused} refused")
