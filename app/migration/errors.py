@@ -5,8 +5,10 @@ prints them as one `FAILED: ...` line and exits non-zero (255) instead of
 showing a traceback; `anibridge` and `python -m app.migrate` exit 1.
 """
 
+import errno
 import os
 import sqlite3
+from pathlib import Path
 
 from alembic.util import CommandError
 from sqlalchemy.engine import URL
@@ -80,6 +82,23 @@ SQLITE_FIXES = (
         "the database file is damaged: restore one from DATA_DIR/backups with `anibridge restore`",
     ),
 )
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def describe_os_error(exc: OSError, folder: Path) -> str:
+    """`reason; fix` in one line, for a file in `folder` the system refused to write."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in NO_SPACE:
+        return f"{reason}; free space on the disk holding {folder} (DATA_DIR) and try again"
+    if exc.errno in NOT_WRITABLE:
+        return (
+            f"{reason}; make {folder} writable by user {os.getuid()}: fix its ownership "
+            "(PUID/PGID) or permissions, or mount it read-write"
+        )
+    return reason
 
 
 def driver_error(exc: DBAPIError | sqlite3.Error) -> BaseException:
