@@ -255,9 +255,15 @@ def test_pending_work_on_a_full_disk_is_one_line(
     assert "not enough free space" in line and "free space on the disk holding DATA_DIR" in line
 
 
+@pytest.mark.parametrize("lock_file", ["left by the last upgrade", "missing"])
 @pytest.mark.parametrize("command", sorted(MIGRATE_COMMANDS))
-def test_a_database_at_head_needs_no_space_to_migrate(small_disk: Path, command: str) -> None:
+def test_a_database_at_head_needs_no_space_to_migrate(
+    small_disk: Path, command: str, lock_file: str
+) -> None:
+    """Also when the lock file must be made, and its holder line cannot be written."""
     environ = prepared(small_disk, "head")
+    if lock_file == "missing":
+        migration_lock_path(small_disk / DATABASE).unlink()
     fill(small_disk)
     before = contents(small_disk)
 
@@ -271,12 +277,14 @@ def test_a_database_at_head_needs_no_space_to_migrate(small_disk: Path, command:
 @pytest.mark.parametrize(
     ("state", "args"),
     [
-        ("head", ["downgrade", "-1"]),
-        ("head", ["stamp", BASELINE]),
-        ("baseline", ["downgrade", "-1"]),
-        ("baseline", ["stamp", "head"]),
+        pytest.param(state, args, id=f"{state}: alembic {' '.join(args)}")
+        for state, args in [
+            ("head", ["downgrade", "-1"]),
+            ("head", ["stamp", BASELINE]),
+            ("baseline", ["downgrade", "-1"]),
+            ("baseline", ["stamp", "head"]),
+        ]
     ],
-    ids=" ".join,
 )
 def test_downgrade_and_stamp_on_a_full_disk_are_one_line(
     small_disk: Path, state: str, args: list[str]
@@ -376,8 +384,10 @@ def start_service(environ: dict[str, str]) -> tuple[subprocess.Popen, bool]:
 
 
 def test_the_service_starts_at_head_on_a_full_disk(small_disk: Path) -> None:
+    """With no lock file yet: both are made, and neither can hold a holder line."""
     port = free_port()
     environ = {**prepared(small_disk, "head"), "HOST": "127.0.0.1", "PORT": str(port)}
+    migration_lock_path(small_disk / DATABASE).unlink()
     fill(small_disk)
     before = contents(small_disk)
 
