@@ -160,14 +160,16 @@ def _write_holder(fd: int) -> None:
 
     The record only names the holder to waiters; the flock decides. A full
     disk or quota must not stop a run that may need no space at all (a
-    database already at head), so a failed write leaves the file empty, and
-    a run that does need space reports the shortage where it writes.
+    database already at head), so a failed write leaves the file empty (a
+    short one too, never a fragment), and a run that does need space reports
+    the shortage where it writes.
     """
+    holder = f"pid {os.getpid()} on host {socket.gethostname()}".encode()
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode(), 0)
+        if os.pwrite(fd, holder, 0) != len(holder):
+            os.ftruncate(fd, 0)
     except OSError as exc:
-        os.ftruncate(fd, 0)
         log.debug("Cannot record the lock's holder: %s", exc.strerror)
 
 
