@@ -48,6 +48,7 @@ from tests.legacy_data import (
     REPO_ROOT,
     command_environment,
     failure_line,
+    leave_in_write_ahead_log,
     release_file,
     run_command,
 )
@@ -174,17 +175,19 @@ LOCK_FILES = {migration_lock_path(DATABASE).name, service_lock_path(DATABASE).na
 HOLDER_LINE = re.compile(r"(pid \d+ on host \S+)?")
 
 
-def assert_nothing_changed(folder: Path, before: dict[str, str | None]) -> None:
-    """Every file as it was, but for the lock files beside the database.
+def assert_nothing_changed(
+    folder: Path, before: dict[str, str | None], also_made: frozenset[str] = frozenset()
+) -> None:
+    """Every file as it was, but for the lock files beside the database (and `also_made`).
 
-    Those may be created, and each holds nothing or one holder line (the last
-    run's, which the flock makes harmless), never a fragment.
+    Lock files may be created, and each holds nothing or one holder line (the
+    last run's, which the flock makes harmless), never a fragment.
     """
     after = contents(folder)
     assert {name: after.get(name) for name in before if name not in LOCK_FILES} == {
         name: digest for name, digest in before.items() if name not in LOCK_FILES
     }
-    assert set(after) - set(before) <= LOCK_FILES
+    assert set(after) - set(before) <= LOCK_FILES | also_made
     for name in LOCK_FILES & set(after):
         assert HOLDER_LINE.fullmatch((folder / name).read_text()), name
 
@@ -364,6 +367,40 @@ def test_a_backup_that_runs_out_of_space_midway_leaves_nothing(
     assert "backup of" in line and "No space left on device" in line
     late_filler.unlink()
     assert_nothing_changed(small_disk, before)
+
+
+WAL_INDEX = f"{DATABASE}-shm"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        (READING_COMMANDS["anibridge status"], ANIBRIDGE_ERROR),
+        (READING_COMMANDS["alembic current"], ALEMBIC_ERROR),
+        MIGRATE_COMMANDS["anibridge migrate"],
+        (ANIBRIDGE, ANIBRIDGE_ERROR),
+    ],
+    ids=lambda command: " ".join(command[0][1:]),
+)
+def test_a_wal_without_its_index_on_a_full_disk_is_named_a_full_disk(
+    small_disk: Path, command: tuple[list[str], str]
+) -> None:
+    """A database copied with its -wal but not its -shm (the WAL's index).
+
+    SQLite must build the index before it can read the -wal, and says only
+    "disk I/O error" when the disk has no room for it. It leaves an empty
+    index behind, its own and harmless.
+    """
+    leave_in_write_ahead_log(at_head(small_disk), ["views"])
+    environ = command_environment(small_disk)
+    fill(small_disk)
+    before = contents(small_disk)
+    argv, marker = command
+
+    line = failure_line(run_command(argv, environ), marker)
+
+    assert "disk I/O error; the disk holding the database is full: free space" in line
+    assert_nothing_changed(small_disk, before, also_made=frozenset({WAL_INDEX}))
 
 
 # --- the service ------------------------------------------------------------------

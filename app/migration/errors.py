@@ -56,13 +56,19 @@ POSTGRES_FIXES = {
     "53200": "the database server ran out of memory: retry, or raise its memory",
 }
 
+DISK_FULL_FIX = (
+    "the disk holding the database is full: free space on it (or move DATA_DIR) and start again"
+)
+
+# What to do about a failure, by SQLite's extended error name, where its message is vaguer.
+SQLITE_NAMED_FIXES = {
+    # "disk I/O error" while growing the -shm file of a WAL database that has none yet
+    "SQLITE_IOERR_SHMSIZE": DISK_FULL_FIX,
+}
+
 # What to do about a failure, by words in SQLite's (or the OS's) message.
 SQLITE_FIXES = (
-    (
-        ("database or disk is full", "no space left on device"),
-        "the disk holding the database is full: free space on it (or move DATA_DIR) and start"
-        " again",
-    ),
+    (("database or disk is full", "no space left on device"), DISK_FULL_FIX),
     (
         ("database is locked", "database table is locked"),
         "another process holds the database's lock (an upgrade, a running AniBridge, a"
@@ -120,6 +126,9 @@ def database_fix(exc: DBAPIError | sqlite3.Error, url: URL | None) -> str | None
     sqlstate = getattr(driver_error(exc), "sqlstate", None)
     if sqlstate in POSTGRES_FIXES:
         return POSTGRES_FIXES[sqlstate].format(user=user)
+    error_name = getattr(driver_error(exc), "sqlite_errorname", None)
+    if error_name in SQLITE_NAMED_FIXES:
+        return SQLITE_NAMED_FIXES[error_name]
     reason = str(driver_error(exc)).lower()
     for words, fix in SQLITE_FIXES:
         if any(word in reason for word in words):
