@@ -15,8 +15,9 @@ What must hold:
 * everything that must write fails with one line naming the fix, exit non-zero,
   no traceback;
 * either way every file on the disk keeps its bytes, and nothing is left
-  behind: no `.restoring`, no half backup, no backup folder, no holder line.
-  The only files a command may add are the empty lock files beside the database.
+  behind: no `.restoring`, no half backup, no backup folder. The only files
+  a command may add or rewrite are the lock files beside the database, which
+  hold nothing or one whole holder line.
 
 A disk that fills while the backup or the restore copies is brought about for
 real too: the restore is given less room than its copy needs, and the backup's
