@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> None:
             raise ConfigError("DATABASE_URL: restore works on the SQLite database only")
         database = Path(settings.database_url.database)
         aside = restore_backup(args.backup, database, script_directory())
-        print(f"restored {args.backup}; the replaced database is kept as {aside}")
+        kept = f"; the replaced database is kept as {aside}" if aside else ""
+        print(f"restored {args.backup}{kept}")
     else:
         serve(settings)
 

@@ -5,16 +5,19 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import URL
 
+import app.migration.restore
 from app.config import Settings
+from app.migration.backup import utc_stamp
 from app.migration.errors import BackupError, DatabaseInUseError
 from app.migration.guarded_run import script_directory, upgrade_database
 from app.migration.locking import sqlite_upgrade_lock
-from app.migration.restore import restore_backup
+from app.migration.restore import restore_backup, set_aside
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,
@@ -272,3 +275,71 @@ def test_an_unversioned_backup_of_another_schema_is_refused(
         restore_backup(foreign, database, SCRIPT)
 
     assert sha256_of(database) == checksum and set_asides(database) == []
+
+
+FROZEN = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+FROZEN_ASIDE = f"anibridge_jobs.db.before-restore-{utc_stamp(FROZEN)}"
+
+
+class FrozenClock(datetime):
+    """`datetime` whose `now` is always FROZEN: two restores get the same stamp."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return FROZEN.astimezone(tz)
+
+
+def test_two_restores_in_the_same_instant_never_overwrite_a_set_aside_file(
+    database: Path, backup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.migration.restore, "datetime", FrozenClock)
+    first_replaced = sha256_of(database)
+    first = restore_backup(backup, database, SCRIPT)
+    add_rows(database, 2)
+    second_replaced = sha256_of(database)
+
+    second = restore_backup(backup, database, SCRIPT)
+
+    assert first.name == FROZEN_ASIDE and second.name == f"{FROZEN_ASIDE}-1"
+    assert sha256_of(first) == first_replaced and sha256_of(second) == second_replaced
+    assert_restored(database, backup)
+
+
+def write_companions(database: Path, suffixes: tuple[str, ...]) -> dict[str, bytes]:
+    """Give `database` companion files with recognisable bytes; returns them by suffix."""
+    written = {suffix: f"{suffix} of the live database".encode() for suffix in suffixes}
+    for suffix, content in written.items():
+        Path(f"{database}{suffix}").write_bytes(content)
+    return written
+
+
+@pytest.mark.parametrize("taken", ["", "-wal", "-journal", "-shm"])
+@pytest.mark.parametrize("moving", [(), ("-wal",), ("-journal",)], ids=repr)
+def test_a_taken_name_of_the_set_is_skipped_and_left_alone(
+    database: Path, backup: Path, taken: str, moving: tuple[str, ...]
+) -> None:
+    """Whichever name of the set exists, of a file moving or not: the next name is used.
+
+    A stranger's `-wal` beside the set-aside database would be read as its WAL.
+    """
+    replaced = sha256_of(database)
+    companions = write_companions(database, moving)
+    stranger = database.with_name(f"{FROZEN_ASIDE}{taken}")
+    stranger.write_bytes(b"not ours")
+    names_before = set(database.parent.iterdir())
+
+    aside = set_aside(database, FROZEN)
+
+    assert aside.name == f"{FROZEN_ASIDE}-1"
+    assert stranger.read_bytes() == b"not ours"
+    assert sha256_of(aside) == replaced
+    for suffix, content in companions.items():
+        assert Path(f"{aside}{suffix}").read_bytes() == content
+    moved_away = {database, *(Path(f"{database}{suffix}") for suffix in moving)}
+    arrived = {aside, *(Path(f"{aside}{suffix}") for suffix in moving)}
+    assert set(database.parent.iterdir()) == names_before - moved_away | arrived
+
+
+def test_no_database_to_set_aside_claims_no_name(tmp_path: Path) -> None:
+    assert set_aside(tmp_path / "anibridge_jobs.db", FROZEN) is None
+    assert list(tmp_path.iterdir()) == []

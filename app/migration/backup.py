@@ -16,6 +16,8 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,12 +37,16 @@ def database_size(database: Path) -> int:
 
 
 BACKUP_STAMP = "%Y%m%dT%H%M%S%fZ"
+"""The UTC time in the names of backups and of databases a restore set aside; sorts by time."""
 UNVERSIONED = "unversioned"
 
 
+def utc_stamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime(BACKUP_STAMP)
+
+
 def backup_name(database: Path, revision: str | None, now: datetime) -> str:
-    stamp = now.astimezone(UTC).strftime(BACKUP_STAMP)
-    return f"{database.stem}-{revision or UNVERSIONED}-{stamp}{database.suffix}"
+    return f"{database.stem}-{revision or UNVERSIONED}-{utc_stamp(now)}{database.suffix}"
 
 
 def read_backup_name(backup: Path, database: Path) -> tuple[str | None, datetime | None]:
@@ -62,18 +68,18 @@ def backup_database(database: Path, backups_dir: Path, revision: str | None) -> 
     returned: a restart loop adds no backups. Old backups are pruned only after
     a successful migration (`prune_backups`), so a failing start removes none.
     """
-    _make_private_dir(backups_dir)
     _remove_partials(backups_dir)
     _require_free_space(database, backups_dir)
-    target = backups_dir / backup_name(database, revision, datetime.now(UTC))
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
-    _copy_consistently(database, partial)
-    identical = _identical_backup(partial, backups_dir, database, revision)
-    if identical is not None:
-        partial.unlink()
-        log.info("%s is unchanged since backup %s: no new backup", database.name, identical)
-        return identical
-    os.replace(partial, target)
+    with _backup_folder(backups_dir):
+        target = backups_dir / backup_name(database, revision, datetime.now(UTC))
+        partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        _copy_consistently(database, partial)
+        identical = _identical_backup(partial, backups_dir, database, revision)
+        if identical is not None:
+            partial.unlink()
+            log.info("%s is unchanged since backup %s: no new backup", database.name, identical)
+            return identical
+        os.replace(partial, target)
     log.info("Backed up %s to %s before migrating", database.name, target)
     return target
 
@@ -90,6 +96,19 @@ def _identical_backup(
     return None
 
 
+@contextmanager
+def _backup_folder(backups_dir: Path) -> Iterator[None]:
+    """Make `backups_dir` (private) if missing; a failed first backup removes it again."""
+    created = not backups_dir.exists()
+    _make_private_dir(backups_dir)
+    try:
+        yield
+    except BaseException:
+        if created:
+            _remove_if_empty(backups_dir)
+        raise
+
+
 def _make_private_dir(backups_dir: Path) -> None:
     try:
         backups_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -99,20 +118,41 @@ def _make_private_dir(backups_dir: Path) -> None:
         ) from None
 
 
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        log.debug("Left the backup folder %s in place", folder)
+
+
 def _remove_partials(backups_dir: Path) -> None:
     for leftover in backups_dir.glob(f"*{PARTIAL_SUFFIX}"):
         leftover.unlink(missing_ok=True)
 
 
 def _require_free_space(database: Path, backups_dir: Path) -> None:
+    """Refuse before anything is written, the backup folder included, when the copy cannot fit."""
     needed = int(database_size(database) * FREE_SPACE_MARGIN)
-    free = shutil.disk_usage(backups_dir).free
+    free = shutil.disk_usage(_nearest_existing(backups_dir)).free
     if free < needed:
         raise BackupError(
-            f"not enough free space in {backups_dir} for a backup before upgrading "
-            f"({free // 2**20} MiB free, {needed // 2**20} MiB needed); free some space "
-            "or set DB_BACKUP_KEEP=0 to upgrade without a backup"
+            f"not enough free space in {backups_dir} for a backup before changing the database "
+            f"({size_text(free)} free, {size_text(needed)} needed); free space on the disk "
+            "holding DATA_DIR, or set DB_BACKUP_KEEP=0 to migrate without a backup"
         )
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+def size_text(size: int) -> str:
+    """A byte count as people read it: KiB below one MiB, else MiB with one decimal."""
+    if size < 2**20:
+        return f"{-(-size // 2**10)} KiB"
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _copy_consistently(database: Path, target: Path) -> None:
@@ -138,8 +178,9 @@ def _copy_consistently(database: Path, target: Path) -> None:
     except (sqlite3.Error, OSError) as exc:
         target.unlink(missing_ok=True)
         raise BackupError(
-            f"backup of {database} failed: {exc}; check the backup folder {target.parent} "
-            "(free space, permissions), or set DB_BACKUP_KEEP=0 to upgrade without a backup"
+            f"backup of {database} failed, nothing was changed: {exc}; check the backup folder "
+            f"{target.parent} (free space on the disk holding DATA_DIR, permissions), or set "
+            "DB_BACKUP_KEEP=0 to migrate without a backup"
         ) from None
     finally:
         source.close()
@@ -158,7 +199,8 @@ def _copy_file_in_child(database: Path, target: Path) -> None:
         text=True,
     )
     if result.returncode != 0:
-        raise OSError(result.stderr.strip() or f"cp exited with {result.returncode}")
+        complaint = "; ".join(line for line in result.stderr.splitlines() if line.strip())
+        raise OSError(complaint or f"cp exited with {result.returncode}")
 
 
 def _die_with_parent(parent: int) -> None:

@@ -5,8 +5,10 @@ prints them as one `FAILED: ...` line and exits non-zero (255) instead of
 showing a traceback; `anibridge` and `python -m app.migrate` exit 1.
 """
 
+import errno
 import os
 import sqlite3
+from pathlib import Path
 
 from alembic.util import CommandError
 from sqlalchemy.engine import URL
@@ -54,13 +56,19 @@ POSTGRES_FIXES = {
     "53200": "the database server ran out of memory: retry, or raise its memory",
 }
 
+DISK_FULL_FIX = (
+    "the disk holding the database is full: free space on it (or move DATA_DIR) and start again"
+)
+
+# What to do about a failure, by SQLite's extended error name, where its message is vaguer.
+SQLITE_NAMED_FIXES = {
+    # "disk I/O error" while growing the -shm file of a WAL database that has none yet
+    "SQLITE_IOERR_SHMSIZE": DISK_FULL_FIX,
+}
+
 # What to do about a failure, by words in SQLite's (or the OS's) message.
 SQLITE_FIXES = (
-    (
-        ("database or disk is full", "no space left on device"),
-        "the disk holding the database is full: free space on it (or move DATA_DIR) and start"
-        " again",
-    ),
+    (("database or disk is full", "no space left on device"), DISK_FULL_FIX),
     (
         ("database is locked", "database table is locked"),
         "another process holds the database's lock (an upgrade, a running AniBridge, a"
@@ -82,6 +90,23 @@ SQLITE_FIXES = (
 )
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def describe_os_error(exc: OSError, folder: Path) -> str:
+    """`reason; fix` in one line, for a file in `folder` the system refused to write."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in NO_SPACE:
+        return f"{reason}; free space on the disk holding {folder} (DATA_DIR) and try again"
+    if exc.errno in NOT_WRITABLE:
+        return (
+            f"{reason}; make {folder} writable by user {os.getuid()}: fix its ownership "
+            "(PUID/PGID) or permissions, or mount it read-write"
+        )
+    return reason
+
+
 def driver_error(exc: DBAPIError | sqlite3.Error) -> BaseException:
     """The driver's own exception (a raw sqlite3 one comes from the driver connection)."""
     return exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
@@ -101,6 +126,9 @@ def database_fix(exc: DBAPIError | sqlite3.Error, url: URL | None) -> str | None
     sqlstate = getattr(driver_error(exc), "sqlstate", None)
     if sqlstate in POSTGRES_FIXES:
         return POSTGRES_FIXES[sqlstate].format(user=user)
+    error_name = getattr(driver_error(exc), "sqlite_errorname", None)
+    if error_name in SQLITE_NAMED_FIXES:
+        return SQLITE_NAMED_FIXES[error_name]
     reason = str(driver_error(exc)).lower()
     for words, fix in SQLITE_FIXES:
         if any(word in reason for word in words):

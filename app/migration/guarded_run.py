@@ -190,7 +190,7 @@ def read_only_run(
     A revision this release does not know is reported as the writing runs
     report it: Alembic's own commands could only say they cannot locate it.
     """
-    env.configure(connection=connection, **options)
+    env.configure(connection=connection, dont_mutate=True, **options)
     refuse_unknown_revisions(env.script, connection)
     yield
 

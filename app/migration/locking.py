@@ -24,7 +24,12 @@ from pathlib import Path
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
-from app.migration.errors import DatabaseInUseError, MigrationError, MigrationLockTimeoutError
+from app.migration.errors import (
+    DatabaseInUseError,
+    MigrationError,
+    MigrationLockTimeoutError,
+    describe_os_error,
+)
 from app.migration.sqlite_files import lock_held_elsewhere, migration_lock_path, service_lock_path
 
 log = logging.getLogger(__name__)
@@ -138,8 +143,7 @@ def _open_lock_file(path: Path) -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise MigrationError(
-            f"cannot open the lock file {path}: {exc.strerror}; "
-            "make the data directory writable by the service user"
+            f"cannot open the lock file {path}: {describe_os_error(exc, path.parent)}"
         ) from None
 
 
@@ -152,9 +156,21 @@ def _try_flock(fd: int, mode: int) -> bool:
 
 
 def _write_holder(fd: int) -> None:
-    """Record who holds the lock; a stale record is harmless (the flock decides)."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode(), 0)
+    """Record who holds the lock, when the disk lets us.
+
+    The record only names the holder to waiters; the flock decides. A full
+    disk or quota must not stop a run that may need no space at all (a
+    database already at head), so a failed write leaves the file empty (a
+    short one too, never a fragment), and a run that does need space reports
+    the shortage where it writes.
+    """
+    holder = f"pid {os.getpid()} on host {socket.gethostname()}".encode()
+    try:
+        os.ftruncate(fd, 0)
+        if os.pwrite(fd, holder, 0) != len(holder):
+            os.ftruncate(fd, 0)
+    except OSError as exc:
+        log.debug("Cannot record the lock's holder: %s", exc.strerror)
 
 
 def _holder_note(fd: int) -> str:

@@ -8,12 +8,17 @@ Before anything is moved:
 * the backup is a whole SQLite database (header, `PRAGMA integrity_check`)
   at a revision this release knows, or an unversioned release it can adopt.
 
-The replaced database is set aside under a name with a timestamp (never one
-that exists), together with its `-wal` or `-journal` file: committed rows
-still in a WAL, or a killed writer's hot journal, stay with the copy they
-belong to. A database path that is a symlink is restored at its target.
+The backup is first copied beside the database under a temporary name and
+flushed; a copy that fails (a full disk) is removed, and nothing else changed.
+The replaced database is then set aside under a name with a timestamp,
+together with its `-wal` or `-journal` file: committed rows still in a WAL, or
+a killed writer's hot journal, stay with the copy they belong to. Each name
+of the set is claimed with O_EXCL before anything moves, so no existing file
+is ever overwritten. A database path that is a symlink is restored at its target.
 """
 
+import itertools
+import logging
 import os
 import shutil
 import sqlite3
@@ -27,30 +32,62 @@ from alembic.script import ScriptDirectory
 
 from app.migration.adoption.adopt import recognise_unversioned_database
 from app.migration.adoption.schema_shape import app_tables
-from app.migration.backup import fsync_file
-from app.migration.errors import BackupError, UnknownSchemaError
+from app.migration.backup import fsync_file, utc_stamp
+from app.migration.errors import BackupError, UnknownSchemaError, describe_os_error
 from app.migration.locking import exclusive_database_use
 from app.migration.sqlite_files import is_sqlite_file, read_only_uri
+
+log = logging.getLogger(__name__)
 
 SET_ASIDE_COMPANIONS = ("-wal", "-journal")
 """Files that hold part of the set-aside database's content, moved along with it."""
 DISCARDED_COMPANIONS = ("-shm",)
 """Rebuilt by SQLite from the -wal file; never part of the content."""
+STAGED_SUFFIX = ".restoring"
+ASIDE_INFIX = ".before-restore-"
 
 
-def restore_backup(backup: Path, database: Path, script: ScriptDirectory) -> Path:
-    """Put `backup` in place of `database` and return where the replaced database went."""
+def restore_backup(backup: Path, database: Path, script: ScriptDirectory) -> Path | None:
+    """Put `backup` in place of `database`; return where the replaced database went (if any)."""
     target = database.resolve()
     refuse_live_source(backup, target)
     verify_backup(backup, script)
     with exclusive_database_use(database):
-        staged = target.with_name(f"{target.name}.restoring")
+        staged = stage_copy(backup, target)
+        try:
+            aside = set_aside(target, datetime.now(UTC))
+        except OSError as exc:
+            discard(staged)
+            raise unchanged_error("set the database aside", exc, target.parent) from None
+        os.replace(staged, target)
+    return aside
+
+
+def stage_copy(backup: Path, target: Path) -> Path:
+    """Copy `backup` beside `target` under a temporary name, flushed; a failed copy is removed."""
+    staged = target.with_name(f"{target.name}{STAGED_SUFFIX}")
+    try:
         shutil.copyfile(backup, staged)
         os.chmod(staged, 0o600)
         fsync_file(staged)
-        aside = set_aside(target)
-        os.replace(staged, target)
-    return aside
+    except OSError as exc:
+        discard(staged)
+        raise unchanged_error(f"copy {backup} to {staged}", exc, target.parent) from None
+    return staged
+
+
+def unchanged_error(action: str, exc: OSError, folder: Path) -> BackupError:
+    return BackupError(
+        f"cannot {action}, the database was not changed: {describe_os_error(exc, folder)}"
+    )
+
+
+def discard(path: Path) -> None:
+    """Remove a file this restore made; one that cannot go is logged, not raised over the cause."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("Could not remove %s: %s", path, exc.strerror)
 
 
 def refuse_live_source(backup: Path, target: Path) -> None:
@@ -118,26 +155,56 @@ def require_known_revision(
         raise BackupError(f"{backup} cannot be adopted by this release: {exc}") from None
 
 
-def set_aside(target: Path) -> Path:
-    """Move `target` and its content-bearing companions to a new timestamped name."""
-    aside = free_aside_name(target)
-    if target.exists():
-        os.replace(target, aside)
-    for suffix in SET_ASIDE_COMPANIONS:
-        companion = Path(f"{target}{suffix}")
-        if companion.exists():
-            os.replace(companion, Path(f"{aside}{suffix}"))
+def set_aside(target: Path, now: datetime) -> Path | None:
+    """Move `target` and its content-bearing companions to a new name stamped with `now`.
+
+    Returns that name, or None when there was no database to set aside.
+    """
+    moving = [
+        suffix for suffix in ("", *SET_ASIDE_COMPANIONS) if Path(f"{target}{suffix}").exists()
+    ]
+    aside = claim_aside_name(target, now, moving) if moving else None
+    for suffix in moving:
+        os.replace(f"{target}{suffix}", f"{aside}{suffix}")
     for suffix in DISCARDED_COMPANIONS:
         Path(f"{target}{suffix}").unlink(missing_ok=True)
     return aside
 
 
-def free_aside_name(target: Path) -> Path:
-    """`<name>.before-restore-<UTC time>`, with a counter if that name is somehow taken."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    candidate = target.with_name(f"{target.name}.before-restore-{stamp}")
-    counter = 1
-    while any(Path(f"{candidate}{suffix}").exists() for suffix in ("", *SET_ASIDE_COMPANIONS)):
-        candidate = target.with_name(f"{target.name}.before-restore-{stamp}-{counter}")
-        counter += 1
-    return candidate
+def claim_aside_name(target: Path, now: datetime, suffixes: list[str]) -> Path:
+    """`<name>.before-restore-<UTC time>`, or with `-1`, `-2`... when a file of that set exists.
+
+    The files about to move claim their names (empty, O_EXCL), so what they
+    replace is always their own claim; the other names of the set must be
+    free too, or SQLite would pair the set-aside database with a stranger's
+    `-wal` or `-journal`.
+    """
+    names = aside_names(target, utc_stamp(now))
+    return next(name for name in names if claimed(name, suffixes))
+
+
+def aside_names(target: Path, stamp: str) -> Iterator[Path]:
+    first = target.with_name(f"{target.name}{ASIDE_INFIX}{stamp}")
+    yield first
+    for counter in itertools.count(1):
+        yield first.with_name(f"{first.name}-{counter}")
+
+
+def claimed(candidate: Path, suffixes: list[str]) -> bool:
+    """Whether every name of `candidate`'s set was free and those for `suffixes` are now ours."""
+    every = ("", *SET_ASIDE_COMPANIONS, *DISCARDED_COMPANIONS)
+    if any(Path(f"{candidate}{suffix}").exists() for suffix in every if suffix not in suffixes):
+        return False
+    made: list[Path] = []
+    try:
+        for suffix in suffixes:
+            path = Path(f"{candidate}{suffix}")
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            made.append(path)
+    except OSError as exc:
+        for path in made:
+            discard(path)
+        if isinstance(exc, FileExistsError):
+            return False
+        raise
+    return True
