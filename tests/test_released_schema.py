@@ -30,7 +30,7 @@ from app.migration.adoption.adopt import (
     sqlite_definitions,
 )
 from app.migration.adoption.schema_shape import IGNORED_TABLES, describe_schema, diff_schemas
-from app.migration.guarded_run import alembic_config
+from app.migration.revisions import alembic_config
 from tests.conftest import settings_for
 from tests.legacy_data import release_file
 

@@ -12,8 +12,9 @@ from sqlalchemy.engine import URL
 
 from app.config import Settings
 from app.data.models import metadata
-from app.migration.guarded_run import alembic_config, upgrade_database
+from app.migration.guarded_run import upgrade_database
 from app.migration.journal import history_table
+from app.migration.revisions import alembic_config
 from app.migration.status import database_status, describe_difference
 from tests.conftest import settings_for
 from tests.legacy_data import (

@@ -27,13 +27,6 @@ from app.config import Settings
 from app.migration.adoption.schema_shape import app_tables
 from app.migration.backup import list_backups, read_backup_name
 from app.migration.connection import connect_for_migrations
-from app.migration.guarded_run import (
-    current_heads,
-    newer_database_message,
-    plan_run,
-    script_directory,
-    unknown_revisions,
-)
 from app.migration.journal import (
     COMPARE_OPTIONS,
     HistoryRow,
@@ -42,6 +35,13 @@ from app.migration.journal import (
     release_that_applied,
 )
 from app.migration.locking import upgrade_running
+from app.migration.revisions import (
+    current_heads,
+    newer_database_message,
+    plan_run,
+    script_directory,
+    unknown_revisions,
+)
 
 
 @dataclass
