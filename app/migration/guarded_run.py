@@ -100,10 +100,13 @@ def read_only_run(
 ) -> Iterator[None]:
     """Configure `env` for a run that only reads: no lock, nothing written, no waiting.
 
-    A revision this release does not know is reported as the writing runs
-    report it: Alembic's own commands could only say they cannot locate it.
+    `dont_mutate` is what `alembic current` passes Alembic: without it `alembic
+    check` on an unversioned database would try to create alembic_version on the
+    read-only connection. A revision this release does not know is reported as
+    the writing runs report it: Alembic's own commands could only say they
+    cannot locate it.
     """
-    env.configure(connection=connection, **options)
+    env.configure(connection=connection, dont_mutate=True, **options)
     refuse_unknown_revisions(env.script, connection)
     yield
 
