@@ -9,6 +9,7 @@ lock wait on PostgreSQL, "Applied" logged only after the commit.
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -304,3 +305,23 @@ def test_postgres_ddl_waits_for_table_locks_only_so_long(
     assert "lock timeout" in str(refusal.value) and "stop the service" in str(refusal.value)
     with connect_for_migrations(settings, read_only=True) as connection:
         assert current_heads(connection) == (BASELINE,)
+
+
+def test_no_line_calls_a_sqlite_run_non_transactional(tmp_path: Path, caplog) -> None:
+    """Adoption, the upgrade, `alembic current` and `anibridge status` each look at the file."""
+    from app.data.models import metadata
+    from app.migration.status import database_status
+    from tests.legacy_data import release_file
+
+    database = tmp_path / "anibridge_jobs.db"
+    shutil.copyfile(release_file("v1.16.1.db"), database)
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+    caplog.set_level(logging.INFO)
+
+    upgrade_database(settings)
+    command.current(alembic_config(settings=settings))
+    database_status(settings, metadata)
+
+    said = [record.getMessage() for record in caplog.records]
+    assert "Will assume transactional DDL." in said
+    assert not [line for line in said if "non-transactional" in line]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData
 
@@ -37,6 +36,7 @@ from app.migration.journal import (
 from app.migration.locking import upgrade_running
 from app.migration.revisions import (
     current_heads,
+    migration_context,
     newer_database_message,
     plan_run,
     script_directory,
@@ -162,7 +162,7 @@ def edited_revisions(
 
 def schema_drift(connection: Connection, metadata: MetaData) -> list[str]:
     """The differences `alembic check` would report, one sentence each."""
-    context = MigrationContext.configure(connection, opts=COMPARE_OPTIONS)
+    context = migration_context(connection, **COMPARE_OPTIONS)
     return [describe_difference(diff) for diff in flatten(compare_metadata(context, metadata))]
 
 
