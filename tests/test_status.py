@@ -13,11 +13,12 @@ from sqlalchemy.engine import URL
 
 from app.config import Settings
 from app.data.models import metadata
+from app.migration.adoption.schema_shape import describe_difference
 from app.migration.errors import MigrationError
 from app.migration.guarded_run import upgrade_database
 from app.migration.journal import history_table
 from app.migration.revisions import alembic_config
-from app.migration.status import database_status, describe_difference, render
+from app.migration.status import database_status, render
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,

@@ -30,6 +30,7 @@ from app.migration.adoption.schema_shape import app_tables
 from app.migration.backup import fsync_file
 from app.migration.errors import BackupError, UnknownSchemaError
 from app.migration.locking import exclusive_database_use
+from app.migration.revisions import current_heads, unknown_revisions
 from app.migration.sqlite_files import is_sqlite_file, read_only_uri
 
 SET_ASIDE_COMPANIONS = ("-wal", "-journal")
@@ -101,9 +102,7 @@ def require_known_revision(
 ) -> None:
     tables = app_tables(connection)
     if "alembic_version" in sa.inspect(connection).get_table_names():
-        revisions = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()
-        known = {revision.revision for revision in script.walk_revisions()}
-        unknown = sorted(set(revisions) - known)
+        unknown = unknown_revisions(script, current_heads(connection))
         if unknown:
             raise BackupError(
                 f"{backup} is at revision {', '.join(unknown)}, which this release does not "

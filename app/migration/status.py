@@ -30,7 +30,7 @@ from sqlalchemy import Connection, MetaData
 
 from app.config import Settings
 from app.migration.adoption.adopt import recognise_unversioned_database
-from app.migration.adoption.schema_shape import app_tables
+from app.migration.adoption.schema_shape import app_tables, describe_difference, flatten
 from app.migration.backup import list_backups, read_backup_name
 from app.migration.connection import connect_for_migrations
 from app.migration.errors import UnknownSchemaError
@@ -189,43 +189,6 @@ def schema_drift(connection: Connection, metadata: MetaData) -> list[str]:
     """The differences `alembic check` would report, one sentence each."""
     context = migration_context(connection, **COMPARE_OPTIONS)
     return [describe_difference(diff) for diff in flatten(compare_metadata(context, metadata))]
-
-
-def flatten(diffs: list) -> list[tuple]:
-    """Alembic groups column modifications in lists; one tuple per difference here."""
-    flat = []
-    for diff in diffs:
-        flat.extend(diff if isinstance(diff, list) else [diff])
-    return flat
-
-
-def describe_difference(diff: tuple) -> str:
-    kind = diff[0]
-    if kind in ("add_table", "remove_table"):
-        return f"table {diff[1].name} {where(kind)}"
-    if kind in ("add_column", "remove_column"):
-        return f"column {diff[2]}.{diff[3].name} {where(kind)}"
-    if kind in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
-        item = diff[1]
-        what = "index" if "index" in kind else "constraint"
-        columns = ", ".join(column.name for column in item.columns)
-        return f"{what} {item.name} on {item.table.name} ({columns}) {where(kind)}"
-    if kind in ("add_fk", "remove_fk"):
-        return f"foreign key {diff[1].name} on {diff[1].parent.name} {where(kind)}"
-    if kind.startswith("modify_"):
-        _, _, table, column, _, database_value, model_value = diff
-        what = kind.removeprefix("modify_").replace("_", " ")
-        return (
-            f"column {table}.{column}: {what} is {database_value!s} in the database, "
-            f"{model_value!s} in the models"
-        )
-    return str(diff)
-
-
-def where(kind: str) -> str:
-    if kind.startswith("add"):
-        return "is in the models but not in the database"
-    return "is in the database but not in the models"
 
 
 def render(status: DatabaseStatus) -> str:
