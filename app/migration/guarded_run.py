@@ -5,7 +5,9 @@ Runs that only read (`alembic current`, `check`, `history`) take none of this:
 connection. For the others, `guarded_migrations` turns Alembic's plain run into:
 
 1. the upgrade lock (concurrent starters queue, then find nothing to do);
-2. one transaction around everything (all or nothing, on SQLite too);
+2. one transaction around everything (all or nothing, on SQLite too): a
+   SQLite connection built elsewhere gets the migration settings for the run
+   (app.migration.connection.migration_settings) and its own back afterwards;
 3. a refusal when the database is at a revision this code does not know;
 4. adoption of unversioned databases when the run goes up and, on SQLite, a
    backup before the first change (a downgrade, which may drop tables and
@@ -17,8 +19,9 @@ connection. For the others, `guarded_migrations` turns Alembic's plain run into:
 7. any failure becomes one line that says the run was rolled back and names
    the backup holding the database as it was before.
 
-The questions about the revision graph (the plan, unknown revisions) are
-app.migration.revisions.
+The questions about the revision graph (the plan, unknown revisions) live in
+app.migration.revisions. Alembic calls one `StepClock` after each step; it
+times the step for the log, the history rows and the heartbeat.
 
 `upgrade_database` is the in-process entry point used at start-up and by the
 `anibridge migrate` command; it hands its connection to Alembic so both paths
