@@ -325,3 +325,27 @@ def test_no_line_calls_a_sqlite_run_non_transactional(tmp_path: Path, caplog) ->
     said = [record.getMessage() for record in caplog.records]
     assert "Will assume transactional DDL." in said
     assert not [line for line in said if "non-transactional" in line]
+
+
+def test_a_handed_in_engine_needs_no_database_url_and_backs_up_beside_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.legacy_data import release_file
+
+    monkeypatch.setenv("DATABASE_URL", "not a url")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "elsewhere"))
+    database = tmp_path / "files" / "anibridge_jobs.db"
+    database.parent.mkdir()
+    shutil.copyfile(release_file("v2.1.0.db"), database)
+    engine = sa.create_engine(URL.create("sqlite", database=str(database)))
+    try:
+        command.upgrade(alembic_config(engine), "head")
+        with engine.connect() as connection:
+            assert current_heads(connection) == (HEAD,)
+    finally:
+        engine.dispose()
+
+    assert [path.name for path in (database.parent / "backups").iterdir()][0].startswith(
+        "anibridge_jobs-unversioned-"
+    )
+    assert not (tmp_path / "elsewhere").exists()
