@@ -2,8 +2,9 @@
 
 `alembic_config` names the project's alembic.ini; `alembic_engine` is a plain
 `sqlalchemy.create_engine`, on a SQLite file, on SQLite in memory
-(pytest-alembic's own default) and on an empty PostgreSQL database. env.py gets no settings: it adapts the engine it is handed for each
-run, and a SQLite file's backups go to `backups/` beside it.
+(pytest-alembic's own default) and on an empty PostgreSQL database. env.py
+gets no settings: it adapts the engine it is handed for each run, and a SQLite
+file's backups go to `backups/` beside it.
 """
 
 from collections.abc import Iterator
