@@ -191,22 +191,21 @@ def _diff_indexes(expected: frozenset[IndexShape], actual: frozenset[IndexShape]
     return problems
 
 
-SCHEMA_EXPECTED = "that schema"
 MODELS = "the models"
 
 
-def missing(thing: str, expected: str = SCHEMA_EXPECTED) -> str:
-    """`thing`, which `expected` has, is not in the database."""
-    if expected == SCHEMA_EXPECTED:
+def missing(thing: str, against: str | None = None) -> str:
+    """`thing` is not in the database, though the schema it is compared `against` has it."""
+    if against is None:
         return f"{thing} is missing"
-    return f"{thing} is in {expected} but not in the database"
+    return f"{thing} is in {against} but not in the database"
 
 
-def extra(thing: str, expected: str = SCHEMA_EXPECTED) -> str:
-    """`thing` is in the database, but `expected` does not have it."""
-    if expected == SCHEMA_EXPECTED:
+def extra(thing: str, against: str | None = None) -> str:
+    """`thing` is in the database, though the schema it is compared `against` lacks it."""
+    if against is None:
         return f"{thing} is not part of that schema"
-    return f"{thing} is in the database but not in {expected}"
+    return f"{thing} is in the database but not in {against}"
 
 
 def flatten(diffs: list) -> list[tuple]:
