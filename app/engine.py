@@ -1,6 +1,8 @@
 """The one place that builds engines, for the service and for migrations.
 
-Both dialects go through `make_engine`. The migration flavour differs on SQLite:
+Both dialects go through `make_engine`. The migration flavour differs on SQLite
+(`use_driver_for_migrations`, which also adapts a connection someone else built
+for the length of one run; see app.migration.connection.migration_settings):
 
 * Python's sqlite3 module opens transactions only before DML, so DDL would
   autocommit statement by statement. The driver is put in autocommit mode and
@@ -19,6 +21,8 @@ upgrade holds.
 import glob
 import logging
 import os
+import sqlite3
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
@@ -80,20 +84,45 @@ def _make_sqlite_engine(url: URL, *, for_migrations: bool) -> Engine:
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
         poolclass=NullPool if for_migrations else None,
     )
-    foreign_keys = "OFF" if for_migrations else "ON"
 
     @event.listens_for(engine, "connect")
     def _configure_connection(dbapi_connection, _record) -> None:
         if for_migrations:
-            dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA foreign_keys = {foreign_keys}")
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
-        cursor.close()
+            use_driver_for_migrations(dbapi_connection)
+        else:
+            dbapi_connection.execute("PRAGMA foreign_keys = ON")
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
 
     if for_migrations:
         event.listen(engine, "begin", begin_immediate)
     return engine
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    """What a sqlite3 connection does with transactions and foreign keys."""
+
+    isolation_level: str | None
+    foreign_keys: bool
+
+
+def driver_settings(driver: sqlite3.Connection) -> DriverSettings:
+    foreign_keys = driver.execute("PRAGMA foreign_keys").fetchone()[0]
+    return DriverSettings(driver.isolation_level, bool(foreign_keys))
+
+
+def put_driver_settings(driver: sqlite3.Connection, settings: DriverSettings) -> None:
+    """Apply `settings`; outside a transaction, where `PRAGMA foreign_keys` takes effect."""
+    driver.isolation_level = settings.isolation_level
+    driver.execute(f"PRAGMA foreign_keys = {'ON' if settings.foreign_keys else 'OFF'}")
+
+
+MIGRATION_DRIVER_SETTINGS = DriverSettings(isolation_level=None, foreign_keys=False)
+
+
+def use_driver_for_migrations(driver: sqlite3.Connection) -> None:
+    """The one place that gives a SQLite driver connection the migration settings."""
+    put_driver_settings(driver, MIGRATION_DRIVER_SETTINGS)
 
 
 def begin_immediate(connection: Connection) -> None:

@@ -17,14 +17,10 @@ from app.data import crud
 from app.data.session import session_scope
 from app.engine import make_engine
 from app.logs import configure_logging
-from app.migration.guarded_run import (
-    database_revision,
-    require_database_at_head,
-    script_directory,
-    upgrade_database,
-)
+from app.migration.guarded_run import database_revision, require_database_at_head, upgrade_database
 from app.migration.locking import service_lock
 from app.migration.restore import restore_backup
+from app.migration.revisions import script_directory
 
 log = logging.getLogger("app")
 

@@ -1,9 +1,11 @@
 """Alembic environment: the URL comes from the app's settings, the metadata from app.data.
 
-Runs that move the database (upgrade, downgrade, stamp) go through
-`app.migration.guarded_run.guarded_migrations` (lock, single transaction, newer-database
-refusal, legacy adoption, backup); see there. Runs that only read (current,
-check, history) use a read-only connection and never wait for an upgrade.
+A connection handed in through `config.attributes["connection"]` (the
+in-process upgrade, pytest-alembic) is used as it is given; otherwise one is
+opened from the settings. Runs that move the database (upgrade, downgrade,
+stamp) go through `app.migration.guarded_run.guarded_migrations` (lock, single
+transaction, newer-database refusal, legacy adoption, backup); runs that only
+read (current, check, history) take no lock and write nothing.
 """
 
 from logging.config import fileConfig
@@ -12,7 +14,11 @@ from alembic import context
 
 from app.config import ConfigError, get_settings
 from app.migration.authoring.autogenerate import process_revision_directives, render_item
-from app.migration.connection import migration_connection
+from app.migration.connection import (
+    connect_for_migrations,
+    handed_in_connection,
+    settings_for_handed_in,
+)
 from app.migration.errors import MigrationError
 from app.migration.guarded_run import guarded_migrations, read_only_run, writes_to_database
 from app.migration.journal import COMPARE_OPTIONS
@@ -49,7 +55,7 @@ CONFIGURE_OPTIONS = {
 }
 
 
-def load_settings():
+def environment_settings():
     """Settings handed in by the caller, else the process's own."""
     if "settings" in config.attributes:
         return config.attributes["settings"]
@@ -59,10 +65,25 @@ def load_settings():
         raise MigrationError(str(exc)) from None
 
 
+def run_settings(connection):
+    """The settings of a writing run; a handed-in connection alone needs no DATABASE_URL."""
+    if "settings" not in config.attributes and "connection" in config.attributes:
+        return settings_for_handed_in(connection)
+    return environment_settings()
+
+
+def opened_connection(*, read_only: bool):
+    """The handed-in connection, else a checked one opened from the settings."""
+    handed_in = config.attributes.get("connection")
+    if handed_in is not None:
+        return handed_in_connection(handed_in)
+    return connect_for_migrations(environment_settings(), read_only=read_only)
+
+
 def run_migrations_offline() -> None:
     """Print the SQL of the migrations instead of running them (`--sql`)."""
     context.configure(
-        url=load_settings().database_url,
+        url=environment_settings().database_url,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         **CONFIGURE_OPTIONS,
@@ -72,17 +93,17 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    """Run the migrations on a handed-in connection, or on one opened from the settings."""
-    settings = load_settings()
+    """Run the migrations on a connection, inside the protections a run that writes needs."""
     writes = writes_to_database(context)
-    protections = guarded_migrations if writes else read_only_run
-    with (
-        migration_connection(
-            settings, config.attributes.get("connection"), read_only=not writes
-        ) as connection,
-        protections(context, connection, settings, **CONFIGURE_OPTIONS),
-    ):
-        context.run_migrations()
+    with opened_connection(read_only=not writes) as connection:
+        if writes:
+            run = guarded_migrations(
+                context, connection, run_settings(connection), **CONFIGURE_OPTIONS
+            )
+        else:
+            run = read_only_run(context, connection, **CONFIGURE_OPTIONS)
+        with run:
+            context.run_migrations()
 
 
 if context.is_offline_mode():

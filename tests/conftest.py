@@ -17,9 +17,7 @@ from pytest_alembic.config import Config as PytestAlembicConfig
 from sqlalchemy.engine import URL, make_url
 
 from app.config import Settings, load_settings
-from app.engine import make_engine
-from app.migration.guarded_run import alembic_config as make_alembic_config
-from app.migration.journal import history_table
+from app.migration.revisions import alembic_config as make_alembic_config
 from tests.revision_data import rows_by_revision
 from tests.row_dump import RowDump, explain_difference
 
@@ -142,17 +140,8 @@ def settings(database_url: URL, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def alembic_engine(settings: Settings) -> Iterator[sa.Engine]:
-    """The database pytest-alembic migrates, with the migration history table in place.
-
-    pytest-alembic's `test_downgrade_leaves_no_trace` compares plain reflections
-    before and after each revision's round trip, and cannot be told to skip the
-    history table the first run creates (and, by design, keeps) the way
-    autogenerate does. Starting with the table, as every database that ever
-    migrated has it, keeps that comparison about the revisions themselves.
-    """
-    engine = make_engine(settings.database_url, for_migrations=True)
-    with engine.begin() as connection:
-        history_table.create(connection)
+    """The database pytest-alembic migrates, on a plain engine as its docs set one up."""
+    engine = sa.create_engine(settings.database_url)
     yield engine
     engine.dispose()
 

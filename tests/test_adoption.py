@@ -31,7 +31,8 @@ from app.migration.adoption.adopt import (
 )
 from app.migration.adoption.schema_shape import TableShape, describe_schema
 from app.migration.errors import MigrationError, UnknownSchemaError
-from app.migration.guarded_run import current_heads, upgrade_database
+from app.migration.guarded_run import upgrade_database
+from app.migration.revisions import current_heads
 from tests.conftest import settings_for
 from tests.faults import (
     InjectedRevision,

@@ -21,7 +21,8 @@ from sqlmodel import Session
 from app.config import get_settings
 from app.main import create_app
 from app.migration.errors import MigrationError
-from app.migration.guarded_run import database_revision, script_directory, upgrade_database
+from app.migration.guarded_run import database_revision, upgrade_database
+from app.migration.revisions import script_directory
 from tests.conftest import settings_for
 
 BASELINE = "5cb5dab892ec"

@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 
 from app.migration.authoring.manifest import manifest_path, read_manifest
 from app.migration.authoring.manifest import problems as manifest_problems
-from app.migration.guarded_run import PROJECT_ROOT, script_directory
+from app.migration.revisions import PROJECT_ROOT, script_directory
 from tests.row_dump import RowDump
 from tests.test_revision_files import RUFF, imported_top_level_modules
 

@@ -15,7 +15,8 @@ import app.migration.backup
 from app.config import Settings
 from app.migration.connection import connect_for_migrations
 from app.migration.errors import BackupError
-from app.migration.guarded_run import alembic_config, upgrade_database
+from app.migration.guarded_run import upgrade_database
+from app.migration.revisions import alembic_config
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,

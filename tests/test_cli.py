@@ -19,7 +19,7 @@ from app.config import Settings
 from app.engine import make_engine
 from app.migration import progress
 from app.migration.guarded_run import upgrade_database
-from app.migration.progress import RevisionHeartbeat
+from app.migration.progress import RevisionHeartbeat, StepClock
 from tests.conftest import settings_for
 from tests.faults import HEAD, InjectedRevision, copy_project, inject_revisions
 from tests.legacy_data import VENV_BIN, anibridge, command_environment, run_command
@@ -76,13 +76,15 @@ def test_log_lines_carry_timestamps(tmp_path: Path, argv: list[str]) -> None:
 
 def test_heartbeat_names_the_running_revision_every_interval(caplog) -> None:
     caplog.set_level(logging.INFO, logger=progress.__name__)
-    heartbeat = RevisionHeartbeat(every_s=0.2)
+    clock = StepClock()
+    heartbeat = RevisionHeartbeat(clock, every_s=0.2)
+    clock.listeners = (heartbeat,)
 
     with heartbeat.running_revisions(["first", "second"]):
         time.sleep(0.5)
-        heartbeat()
+        clock()
         time.sleep(0.3)
-        heartbeat()
+        clock()
         time.sleep(0.3)
 
     beats = [record.getMessage() for record in caplog.records]

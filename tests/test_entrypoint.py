@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from app.config import DATABASE_FILE_NAME, load_settings
-from app.migration.guarded_run import script_directory, upgrade_database
+from app.migration.guarded_run import upgrade_database
+from app.migration.revisions import script_directory
 from tests.legacy_data import (
     RELEASE_CHECKSUMS,
     RELEASE_FILES,

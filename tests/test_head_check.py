@@ -27,7 +27,8 @@ from app.migration.at_head import (
     settings_acceptable,
     sqlite_database_path,
 )
-from app.migration.guarded_run import script_directory, upgrade_database
+from app.migration.guarded_run import upgrade_database
+from app.migration.revisions import script_directory
 from tests.conftest import REPO_ROOT
 
 HEADER = "from collections.abc import Sequence\n\n"

@@ -22,7 +22,7 @@ from app.migration.authoring.manifest import (
     release,
     update,
 )
-from app.migration.guarded_run import PROJECT_ROOT
+from app.migration.revisions import PROJECT_ROOT
 from tests.faults import HEAD, InjectedRevision, inject_revisions
 
 MIGRATIONS = PROJECT_ROOT / "migrations"

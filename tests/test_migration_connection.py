@@ -1,14 +1,15 @@
 """The migration connection and the upgrade's concurrency guards, each checked directly.
 
 Each test here fails when its protection is taken out of app/migration: the write lock
-at BEGIN, the password mask, the refusal of a connection without the migration
-settings, the upgrade lock before the first read, READ COMMITTED and a bounded
+at BEGIN, the password mask, the migration settings given to (and taken back from) a
+connection built elsewhere, the upgrade lock before the first read, READ COMMITTED and a bounded
 lock wait on PostgreSQL, "Applied" logged only after the commit.
 """
 
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -17,19 +18,22 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.config import Config
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 import app.engine
 import app.migration.connection
 import app.migration.locking
-from app.engine import make_engine
+from app.engine import driver_settings, make_engine
 from app.migration.connection import connect_for_migrations
 from app.migration.errors import DatabaseUnavailableError, MigrationError, describe_database_error
-from app.migration.guarded_run import alembic_config, current_heads, upgrade_database
+from app.migration.guarded_run import upgrade_database
 from app.migration.locking import POSTGRES_LOCK_KEY
+from app.migration.revisions import alembic_config, current_heads
 from app.migration.sqlite_files import migration_lock_path
 from tests.conftest import settings_for
+from tests.faults import InjectedRevision, copy_project, inject_revisions
 from tests.legacy_data import BASELINE, HEAD
 
 PASSWORD = "s3cret-Pw"
@@ -89,16 +93,72 @@ def test_connection_errors_never_repeat_the_password(
     assert "postgresql+psycopg://anibridge:***@db:5432/anibridge" in str(refusal.value)
 
 
-def test_a_handed_in_sqlite_connection_without_the_migration_settings_is_refused(
+def plain_sqlite_engine(url: URL, foreign_keys: bool) -> sa.Engine:
+    """A `create_engine` as anyone writes it, with foreign keys switched as asked."""
+    engine = sa.create_engine(url)
+
+    @sa.event.listens_for(engine, "connect")
+    def _switch_foreign_keys(dbapi_connection, _record) -> None:
+        dbapi_connection.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+
+    return engine
+
+
+def failing_project(tmp_path: Path) -> Config:
+    """This project with a last revision that creates a table, then fails."""
+    project = copy_project(tmp_path / "project")
+    body = (
+        "    op.create_table('half_done', sa.Column('id', sa.Integer))\n"
+        "    raise RuntimeError('this revision fails')"
+    )
+    inject_revisions(project, [InjectedRevision("badbadbadbad", HEAD, "Failing", body)])
+    config = Config(str(project / "alembic.ini"))
+    config.set_main_option("script_location", str(project / "migrations"))
+    config.attributes["skip_logging_setup"] = True
+    return config
+
+
+@pytest.mark.parametrize("foreign_keys", [True, False])
+def test_a_plain_sqlite_connection_is_adapted_for_the_run_and_given_back(
+    sqlite_url: URL, foreign_keys: bool
+) -> None:
+    Path(sqlite_url.database).parent.mkdir(parents=True)
+    engine = plain_sqlite_engine(sqlite_url, foreign_keys)
+    try:
+        with engine.connect() as connection:
+            driver = connection.connection.driver_connection
+            before = driver_settings(driver)
+            command.upgrade(alembic_config(connection), "head")
+            assert current_heads(connection) == (HEAD,)
+            assert driver_settings(driver) == before
+            assert before.foreign_keys is foreign_keys
+    finally:
+        engine.dispose()
+
+
+def test_a_run_on_a_plain_sqlite_connection_is_all_or_nothing(
     sqlite_url: URL, tmp_path: Path
 ) -> None:
-    settings = settings_for(sqlite_url, tmp_path / "data")
+    Path(sqlite_url.database).parent.mkdir(parents=True)
+    config = failing_project(tmp_path)
     engine = sa.create_engine(sqlite_url)
     try:
         with engine.connect() as connection:
-            with pytest.raises(MigrationError, match="lacks the migration settings"):
-                command.upgrade(alembic_config(connection, settings), "head")
+            config.attributes["connection"] = connection
+            with pytest.raises(MigrationError, match="rolled back"):
+                command.upgrade(config, "head")
             assert sa.inspect(connection).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
+def test_foreign_keys_on_inside_the_callers_transaction_are_one_line(sqlite_url: URL) -> None:
+    Path(sqlite_url.database).parent.mkdir(parents=True)
+    engine = plain_sqlite_engine(sqlite_url, foreign_keys=True)
+    try:
+        refused = pytest.raises(MigrationError, match="foreign keys on and is inside a transaction")
+        with engine.connect() as connection, connection.begin(), refused:
+            command.upgrade(alembic_config(connection), "head")
     finally:
         engine.dispose()
 
@@ -245,3 +305,47 @@ def test_postgres_ddl_waits_for_table_locks_only_so_long(
     assert "lock timeout" in str(refusal.value) and "stop the service" in str(refusal.value)
     with connect_for_migrations(settings, read_only=True) as connection:
         assert current_heads(connection) == (BASELINE,)
+
+
+def test_no_line_calls_a_sqlite_run_non_transactional(tmp_path: Path, caplog) -> None:
+    """Adoption, the upgrade, `alembic current` and `anibridge status` each look at the file."""
+    from app.data.models import metadata
+    from app.migration.status import database_status
+    from tests.legacy_data import release_file
+
+    database = tmp_path / "anibridge_jobs.db"
+    shutil.copyfile(release_file("v1.16.1.db"), database)
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+    caplog.set_level(logging.INFO)
+
+    upgrade_database(settings)
+    command.current(alembic_config(settings=settings))
+    database_status(settings, metadata)
+
+    said = [record.getMessage() for record in caplog.records]
+    assert "Will assume transactional DDL." in said
+    assert not [line for line in said if "non-transactional" in line]
+
+
+def test_a_handed_in_engine_needs_no_database_url_and_backs_up_beside_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.legacy_data import release_file
+
+    monkeypatch.setenv("DATABASE_URL", "not a url")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "elsewhere"))
+    database = tmp_path / "files" / "anibridge_jobs.db"
+    database.parent.mkdir()
+    shutil.copyfile(release_file("v2.1.0.db"), database)
+    engine = sa.create_engine(URL.create("sqlite", database=str(database)))
+    try:
+        command.upgrade(alembic_config(engine), "head")
+        with engine.connect() as connection:
+            assert current_heads(connection) == (HEAD,)
+    finally:
+        engine.dispose()
+
+    assert [path.name for path in (database.parent / "backups").iterdir()][0].startswith(
+        "anibridge_jobs-unversioned-"
+    )
+    assert not (tmp_path / "elsewhere").exists()

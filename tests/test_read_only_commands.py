@@ -21,9 +21,10 @@ from alembic import command
 from sqlalchemy.engine import URL
 
 from app.config import Settings
-from app.migration.guarded_run import alembic_config, plan_run, script_directory, upgrade_database
+from app.migration.guarded_run import upgrade_database
 from app.migration.journal import history_table
 from app.migration.locking import POSTGRES_LOCK_KEY
+from app.migration.revisions import alembic_config, plan_run, script_directory
 from app.migration.sqlite_files import migration_lock_path
 from tests.conftest import settings_for
 from tests.legacy_data import BASELINE, HEAD, VENV_BIN, command_environment, run_command

@@ -15,9 +15,10 @@ import app.migration.restore
 from app.config import Settings
 from app.migration.backup import utc_stamp
 from app.migration.errors import BackupError, DatabaseInUseError
-from app.migration.guarded_run import script_directory, upgrade_database
+from app.migration.guarded_run import upgrade_database
 from app.migration.locking import sqlite_upgrade_lock
 from app.migration.restore import restore_backup, set_aside
+from app.migration.revisions import script_directory
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from alembic.script import Script
 
-from app.migration.guarded_run import PROJECT_ROOT, script_directory
+from app.migration.revisions import PROJECT_ROOT, script_directory
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 VERSIONS_DIR = MIGRATIONS_DIR / "versions"

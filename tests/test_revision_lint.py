@@ -12,7 +12,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from app.migration.authoring.lint import lint_revisions
-from app.migration.guarded_run import script_directory
+from app.migration.revisions import script_directory
 
 REVISION = '''"""A revision for the lint."""
 

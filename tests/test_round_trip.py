@@ -10,7 +10,8 @@ from alembic import command
 from app.config import Settings
 from app.engine import make_engine
 from app.migration.adoption.schema_shape import IGNORED_TABLES
-from app.migration.guarded_run import alembic_config, database_revision, script_directory
+from app.migration.guarded_run import database_revision
+from app.migration.revisions import alembic_config, script_directory
 from tests.revision_data import AT_REVISION_DATA, BASELINE, STRM_URL_MAPPING
 
 

@@ -1,6 +1,7 @@
 """`anibridge status`: every state on both engines, read-only, never waiting, passwords masked."""
 
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -12,17 +13,25 @@ from sqlalchemy.engine import URL
 
 from app.config import Settings
 from app.data.models import metadata
-from app.migration.guarded_run import alembic_config, upgrade_database
+from app.migration.adoption.schema_shape import describe_difference
+from app.migration.errors import MigrationError
+from app.migration.guarded_run import upgrade_database
 from app.migration.journal import history_table
-from app.migration.status import database_status, describe_difference
+from app.migration.revisions import alembic_config
+from app.migration.status import database_status, render
 from tests.conftest import settings_for
 from tests.legacy_data import (
     BASELINE,
     HEAD,
     MULTI_SITE,
+    RELEASE_FILES,
     VENV_BIN,
+    alembic_upgrade_head,
     command_environment,
+    create_legacy_postgres,
     create_legacy_sqlite,
+    failure_line,
+    release_file,
     run_command,
     sha256_of,
 )
@@ -258,3 +267,70 @@ def test_status_of_a_file_that_is_not_sqlite_says_so_in_one_line(tmp_path: Path)
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert "is not a SQLite database" in line
+
+
+def release_variant(name: str, statement: str | None, database: Path) -> None:
+    shutil.copyfile(release_file(name), database)
+    if statement is not None:
+        with sqlite3.connect(database) as connection:
+            connection.execute(statement)
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "statement"),
+    [
+        *[(name, None) for name in RELEASE_FILES],
+        ("v2.1.0.db", "CREATE INDEX ix_extra ON job (status)"),
+        ("v1.16.1.db", "CREATE TABLE notes (id INTEGER PRIMARY KEY)"),
+    ],
+)
+def test_status_reaches_the_verdict_the_upgrade_then_reaches(
+    name: str, statement: str | None, tmp_path: Path
+) -> None:
+    database = tmp_path / "anibridge_jobs.db"
+    release_variant(name, statement, database)
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+
+    report, _ = status_json(settings)
+    upgrade = alembic_upgrade_head(command_environment(tmp_path, f"sqlite:///{database}"))
+
+    if statement is None:
+        assert report["state"] == "unversioned" and upgrade.returncode == 0, upgrade.stdout
+        assert report["message"].startswith("an upgrade adopts it as the ")
+    else:
+        assert report["state"] == "refused"
+        assert failure_line(upgrade, "FAILED") == f"FAILED: {report['message']}"
+
+
+def test_status_words_an_adoptable_and_a_refused_database(tmp_path: Path) -> None:
+    database = tmp_path / "anibridge_jobs.db"
+    release_variant("v1.16.1.db", None, database)
+    settings = settings_for(URL.create("sqlite", database=str(database)), tmp_path)
+    assert "an upgrade adopts it as the single-site schema" in render(database_status(settings))
+
+    release_variant("v2.1.0.db", "CREATE INDEX ix_extra ON job (status)", database)
+    assert "state:            refused: the database has tables but no migration history" in (
+        render(database_status(settings))
+    )
+
+
+def test_postgres_status_recognises_as_the_upgrade_does_and_keeps_nothing(
+    postgres_url: URL, tmp_path: Path
+) -> None:
+    settings = settings_for(postgres_url, tmp_path / "data")
+    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        create_legacy_postgres(connection, rows=5)
+    assert database_status(settings).state == "unversioned"
+
+    execute(settings, "CREATE INDEX ix_extra ON job (status)")
+    report = database_status(settings)
+    with pytest.raises(MigrationError) as refusal:
+        upgrade_database(settings)
+
+    assert report.state == "refused" and report.message == str(refusal.value)
+    with engine.connect() as connection:
+        schemas = sa.inspect(connection).get_schema_names()
+    engine.dispose()
+    assert "anibridge_adoption_probe" not in schemas

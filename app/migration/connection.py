@@ -7,6 +7,7 @@ retried a bounded number of times (a database container may still be
 starting). No message repeats the URL's password.
 """
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -16,12 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.config import Settings
-from app.engine import is_migration_engine, make_engine
+from app.config import ConfigError, Settings, load_settings
+from app.engine import (
+    begin_immediate,
+    driver_settings,
+    is_migration_engine,
+    make_engine,
+    put_driver_settings,
+    use_driver_for_migrations,
+)
 from app.migration.errors import DatabaseUnavailableError, MigrationError, describe_database_error
 from app.migration.sqlite_files import is_sqlite_file
 
@@ -58,48 +66,81 @@ def check_sqlite_file(path: Path, *, writable: bool = True) -> None:
 
 
 @contextmanager
-def migration_connection(
-    settings: Settings, handed_in: Any = None, *, read_only: bool = False
-) -> Iterator[Connection]:
-    """The connection env.py runs on: the caller's if one was handed in, else a new one.
+def handed_in_connection(handed_in: Any) -> Iterator[Connection]:
+    """The connection a caller handed to env.py through `config.attributes["connection"]`.
 
-    Callers hand in a Connection, or something with `connect()` (an Engine, or
-    pytest-alembic's wrapper that hands back a connection it already holds).
+    A Connection is used as it is; anything with `connect()` (an Engine, or
+    pytest-alembic's wrapper that hands back a connection it already holds) is
+    asked for one.
     """
-    if handed_in is None:
-        with connect_for_migrations(settings, read_only=read_only) as connection:
-            yield connection
-    elif isinstance(handed_in, Connection):
+    if isinstance(handed_in, Connection):
         yield handed_in
-    else:
-        with handed_in.connect() as connection:
-            yield connection
+        return
+    with handed_in.connect() as connection:
+        yield connection
 
 
-def require_migration_settings(connection: Connection) -> None:
-    """Refuse a SQLite connection not built by `make_engine(..., for_migrations=True)`.
+@contextmanager
+def migration_settings(connection: Connection) -> Iterator[None]:
+    """Give a SQLite connection, whoever built it, the migration settings for one run.
 
-    Checked before a command that writes (upgrade, downgrade, stamp) on any
-    connection, which matters for one handed in through config.attributes.
+    A writing run needs driver autocommit with `BEGIN IMMEDIATE` (else each DDL
+    statement would commit on its own) and foreign keys off (else a batch-mode
+    table rebuild would cascade-delete child rows). A connection from
+    `make_engine(url, for_migrations=True)` has them already; any other (a plain
+    `create_engine`, pytest-alembic's) gets them here and its own settings back
+    once the run's transaction has ended.
 
-    Anything else would run each DDL statement in its own transaction (the
-    driver's implicit transactions) or cascade-delete child rows during a
-    batch rebuild (foreign keys on).
+    A caller's open transaction is joined as it is: it already holds everything
+    the run writes. Foreign keys cannot be switched inside one, so that case is
+    refused when they are on.
     """
-    if connection.dialect.name != "sqlite":
+    if connection.dialect.name != "sqlite" or is_migration_engine(connection.engine):
+        yield
         return
     driver = connection.connection.driver_connection
-    foreign_keys = driver.execute("PRAGMA foreign_keys").fetchone()[0]
-    if (
-        driver.isolation_level is not None
-        or foreign_keys
-        or not is_migration_engine(connection.engine)
-    ):
+    previous = driver_settings(driver)
+    caller_transaction = driver.in_transaction or connection.in_transaction()
+    if caller_transaction and previous.foreign_keys:
         raise MigrationError(
-            "the connection handed to Alembic (config.attributes['connection']) lacks the "
-            "migration settings (driver autocommit, BEGIN IMMEDIATE, foreign keys off); "
-            "build it with app.engine.make_engine(url, for_migrations=True)"
+            "the connection handed to Alembic has foreign keys on and is inside a "
+            "transaction, where SQLite cannot switch them off for the run; hand it in "
+            "outside a transaction, or with PRAGMA foreign_keys=OFF"
         )
+    if driver.in_transaction:
+        yield
+        return
+    use_driver_for_migrations(driver)
+    event.listen(connection, "begin", begin_immediate)
+    try:
+        if connection.in_transaction():
+            begin_immediate(connection)
+        yield
+    finally:
+        event.remove(connection, "begin", begin_immediate)
+        if driver.in_transaction:
+            driver.isolation_level = previous.isolation_level
+        else:
+            put_driver_settings(driver, previous)
+
+
+def settings_for_handed_in(connection: Connection) -> Settings:
+    """Settings for a run on a connection the caller opened, with no settings of its own.
+
+    The options (lock timeout, backups kept) come from the environment; the
+    database is the connection's. A SQLite file's backups go to `backups/` beside
+    it, as they do for the default DATA_DIR layout, not into the working folder.
+    """
+    environ = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    try:
+        settings = load_settings(environ)
+    except ConfigError as exc:
+        raise MigrationError(str(exc)) from None
+    url = connection.engine.url
+    data_dir = settings.data_dir
+    if url.get_backend_name() == "sqlite" and url.database:
+        data_dir = Path(url.database).resolve().parent
+    return dataclasses.replace(settings, database_url=url, data_dir=data_dir)
 
 
 @contextmanager

@@ -5,7 +5,9 @@ Runs that only read (`alembic current`, `check`, `history`) take none of this:
 connection. For the others, `guarded_migrations` turns Alembic's plain run into:
 
 1. the upgrade lock (concurrent starters queue, then find nothing to do);
-2. one transaction around everything (all or nothing, on SQLite too);
+2. one transaction around everything (all or nothing, on SQLite too): a
+   SQLite connection built elsewhere gets the migration settings for the run
+   (app.migration.connection.migration_settings) and its own back afterwards;
 3. a refusal when the database is at a revision this code does not know;
 4. adoption of unversioned databases when the run goes up and, on SQLite, a
    backup before the first change (a downgrade, which may drop tables and
@@ -17,6 +19,10 @@ connection. For the others, `guarded_migrations` turns Alembic's plain run into:
 7. any failure becomes one line that says the run was rolled back and names
    the backup holding the database as it was before.
 
+The questions about the revision graph (the plan, unknown revisions) live in
+app.migration.revisions. Alembic calls one `StepClock` after each step; it
+times the step for the log, the history rows and the heartbeat.
+
 `upgrade_database` is the in-process entry point used at start-up and by the
 `anibridge migrate` command; it hands its connection to Alembic so both paths
 run the same env.py.
@@ -24,23 +30,19 @@ run the same env.py.
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
-from alembic.config import Config
-from alembic.migration import MigrationContext
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from app import app_version
 from app.config import Settings
 from app.migration.adoption.adopt import (
     adopt_legacy_database,
@@ -48,52 +50,23 @@ from app.migration.adoption.adopt import (
     recognise_unversioned_database,
 )
 from app.migration.backup import backup_database, prune_backups
-from app.migration.connection import connect_for_migrations, probe, require_migration_settings
-from app.migration.errors import DatabaseNewerThanCodeError, MigrationError, describe_database_error
-from app.migration.journal import HistoryRecorder, HistoryRow, record, release_that_applied
+from app.migration.connection import connect_for_migrations, migration_settings, probe
+from app.migration.errors import MigrationError, describe_database_error
+from app.migration.journal import HistoryRecorder, record
 from app.migration.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
-from app.migration.progress import RevisionHeartbeat
+from app.migration.progress import RevisionHeartbeat, StepClock
+from app.migration.revisions import (
+    RunPlan,
+    alembic_config,
+    current_heads,
+    plan_run,
+    refuse_overlapping_versions,
+    refuse_unknown_revisions,
+    script_directory,
+)
 from app.migration.views_and_triggers import views_and_triggers_set_aside
 
 log = logging.getLogger(__name__)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Where a writing run starts, where it goes, and which way."""
-
-    current: tuple[str, ...]
-    direction: str
-    revisions: tuple[str, ...]
-
-
-def alembic_config(
-    connection: Connection | None = None, settings: Settings | None = None
-) -> Config:
-    """Alembic's config for this project, usable from any working directory.
-
-    A connection or settings given here reach env.py through `config.attributes`;
-    without them env.py opens its own connection from the environment's settings.
-    """
-    config = Config(str(ALEMBIC_INI))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    if connection is not None:
-        config.attributes["connection"] = connection
-    if settings is not None:
-        config.attributes["settings"] = settings
-        config.attributes["skip_logging_setup"] = True
-    return config
-
-
-def script_directory() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config())
-
-
-def current_heads(connection: Connection) -> tuple[str, ...]:
-    return MigrationContext.configure(connection).get_current_heads()
 
 
 def writes_to_database(env: EnvironmentContext) -> bool:
@@ -111,63 +84,6 @@ def writes_to_database(env: EnvironmentContext) -> bool:
     return True
 
 
-def revisions_between(script: ScriptDirectory, upper, lower, **options: Any) -> list:
-    """The revisions Alembic walks from `lower` to `upper`; none when it cannot walk that way."""
-    try:
-        return list(script.iterate_revisions(upper, lower, **options))
-    except (CommandError, RevisionError):
-        return []
-
-
-def plan_run(script: ScriptDirectory, current: tuple[str, ...], destination) -> RunPlan:
-    """Which way the destination lies from `current`, and the revisions on the way, in order.
-
-    `destination` is what `get_revision_argument` gives: a revision, a relative
-    one (`-1`, `+2`), None for base, or a tuple (`heads`, a stamp's targets).
-    """
-    if isinstance(destination, tuple) and len(destination) == 1:
-        (destination,) = destination
-    ahead = revisions_between(script, destination, current)
-    if ahead:
-        return RunPlan(current, "upgrade", tuple(rev.revision for rev in reversed(ahead)))
-    behind = []
-    if not isinstance(destination, tuple):
-        behind = revisions_between(script, current, destination, select_for_downgrade=True)
-    direction = "downgrade" if behind else "none"
-    return RunPlan(current, direction, tuple(rev.revision for rev in behind))
-
-
-def unknown_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> list[str]:
-    known = {rev.revision for rev in script.walk_revisions()}
-    return [head for head in heads if head not in known]
-
-
-def newer_database_message(unknown: list[str], applied: HistoryRow | None = None) -> str:
-    """Which revision this release does not know, and which release to run instead.
-
-    The migration history names the release that applied the revision, when
-    that release kept one.
-    """
-    upgraded_by = "a newer release upgraded it"
-    if applied is not None:
-        upgraded_by = f"AniBridge {applied.app_version} applied it on {applied.applied_at[:10]}"
-    return (
-        f"the database is at revision {', '.join(unknown)}, which AniBridge {app_version()} "
-        f"does not know: {upgraded_by}; run that release (or newer), or "
-        "restore the backup taken before that upgrade (DATA_DIR/backups)"
-    )
-
-
-def refuse_unknown_revisions(script: ScriptDirectory, connection: Connection) -> tuple[str, ...]:
-    """The database's current revisions, unless this release does not know one of them."""
-    heads = current_heads(connection)
-    unknown = unknown_revisions(script, heads)
-    if unknown:
-        applied = release_that_applied(connection, unknown[0])
-        raise DatabaseNewerThanCodeError(newer_database_message(unknown, applied))
-    return heads
-
-
 def own_transaction(connection: Connection) -> AbstractContextManager:
     """Begin the transaction, unless the caller handed in a connection already inside one."""
     return nullcontext() if connection.in_transaction() else connection.begin()
@@ -183,12 +99,15 @@ class Attempt:
 
 @contextmanager
 def read_only_run(
-    env: EnvironmentContext, connection: Connection, settings: Settings, **options: Any
+    env: EnvironmentContext, connection: Connection, **options: Any
 ) -> Iterator[None]:
     """Configure `env` for a run that only reads: no lock, nothing written, no waiting.
 
-    A revision this release does not know is reported as the writing runs
-    report it: Alembic's own commands could only say they cannot locate it.
+    `dont_mutate` is what `alembic current` passes Alembic: without it `alembic
+    check` on an unversioned database would try to create alembic_version on the
+    read-only connection. A revision this release does not know is reported as
+    the writing runs report it: Alembic's own commands could only say they
+    cannot locate it.
     """
     env.configure(connection=connection, dont_mutate=True, **options)
     refuse_unknown_revisions(env.script, connection)
@@ -202,27 +121,19 @@ def guarded_migrations(
     """Configure `env` on `connection` and wrap its run in the protections listed above."""
     timeout = settings.migration_lock_timeout
     attempt = Attempt()
-    revision_log, heartbeat, history = (
-        RevisionLog(),
-        RevisionHeartbeat(),
-        HistoryRecorder(env.script),
-    )
-    with sqlite_upgrade_lock(connection, timeout), failures_explained(env, connection, attempt):
+    revision_log, history = RevisionLog(), HistoryRecorder(env.script)
+    clock = StepClock()
+    heartbeat = RevisionHeartbeat(clock)
+    clock.listeners = (revision_log, history, heartbeat)
+    with upgrade_lock(connection, timeout), failures_explained(env, connection, attempt):
         if connection.dialect.name == "sqlite":
             probe(connection)
-        with own_transaction(connection):
+        with migration_settings(connection), own_transaction(connection):
             take_postgres_upgrade_lock(connection, timeout)
-            require_migration_settings(connection)
-            env.configure(
-                connection=connection,
-                on_version_apply=each_of(revision_log, history, heartbeat),
-                **options,
-            )
+            env.configure(connection=connection, on_version_apply=clock, **options)
             attempt.current = refuse_unknown_revisions(env.script, connection)
             plan = plan_run(env.script, attempt.current, env.get_revision_argument())
             plan = prepare_run(env.script, connection, plan, settings, attempt)
-            revision_log.restart()
-            history.restart()
             set_aside = (
                 views_and_triggers_set_aside(connection) if plan.revisions else nullcontext()
             )
@@ -271,25 +182,6 @@ def backup_note(attempt: Attempt) -> str:
     return f"; the database as it was before this attempt is backed up in {attempt.backup}"
 
 
-def refuse_overlapping_versions(script: ScriptDirectory, heads: tuple[str, ...]) -> None:
-    """Explain an alembic_version with a row that is an ancestor of another row.
-
-    Alembic refuses such a table with "overlaps with other requested revisions";
-    `alembic stamp --purge` still works on it, so this runs only once Alembic failed.
-    """
-    for head in heads:
-        older = {rev.revision for rev in script.walk_revisions("base", head)} - {head}
-        stale = sorted(older.intersection(heads))
-        if stale:
-            rows = ", ".join(stale)
-            raise MigrationError(
-                f"alembic_version holds {len(heads)} rows ({', '.join(heads)}), but {rows} is "
-                f"an ancestor of {head}; check that the schema is at {head} (`alembic check`), "
-                f"then delete the stale row (DELETE FROM alembic_version WHERE version_num = "
-                f"'{stale[0]}') and start again"
-            )
-
-
 def prepare_run(
     script: ScriptDirectory,
     connection: Connection,
@@ -319,58 +211,59 @@ def prepare_run(
     return plan
 
 
-def each_of(*callbacks: Callable[..., None]) -> Callable[..., None]:
-    """One `on_version_apply` callback that calls each of `callbacks` in turn."""
-
-    def on_version_apply(**kwargs: Any) -> None:
-        for callback in callbacks:
-            callback(**kwargs)
-
-    return on_version_apply
+def upgrade_lock(connection: Connection, timeout_s: float) -> AbstractContextManager:
+    """The SQLite file's upgrade lock; none for a database in memory, which no one else sees."""
+    if sqlite_file(connection) is None:
+        return nullcontext()
+    return sqlite_upgrade_lock(connection, timeout_s)
 
 
-def sqlite_file(connection: Connection) -> Path:
-    return Path(connection.engine.url.database)
+def sqlite_file(connection: Connection) -> Path | None:
+    """The SQLite file the connection is on; None on PostgreSQL or for a database in memory."""
+    database = connection.engine.url.database
+    if connection.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    return Path(database)
 
 
 def backup_if_sqlite(
     connection: Connection, revision: str | None, settings: Settings
 ) -> Path | None:
-    if connection.dialect.name != "sqlite" or settings.backup_keep == 0:
+    database = sqlite_file(connection)
+    if database is None or settings.backup_keep == 0:
         return None
-    return backup_database(sqlite_file(connection), settings.data_dir / "backups", revision)
+    return backup_database(database, settings.data_dir / "backups", revision)
 
 
 def require_foreign_keys_intact(connection: Connection) -> None:
     """Refuse to commit an upgrade that left dangling references (checked with FKs off)."""
-    broken = connection.execute(text("PRAGMA foreign_key_check")).fetchall()
-    if broken:
-        tables = sorted({row[0] for row in broken})
+    tables = tables_with_broken_foreign_keys(connection)
+    if tables:
         raise MigrationError(
             f"the upgrade would leave rows with broken foreign keys in {', '.join(tables)}; "
             "nothing was changed"
         )
 
 
-class RevisionLog:
-    """An `on_version_apply` callback that times each revision; `report` logs them.
+def tables_with_broken_foreign_keys(connection: Connection) -> list[str]:
+    """The tables `PRAGMA foreign_key_check` finds rows in (SQLite), sorted."""
+    broken = connection.execute(text("PRAGMA foreign_key_check")).fetchall()
+    return sorted({row[0] for row in broken})
 
-    Called once the transaction has committed, so "Applied" is never logged
+
+class RevisionLog:
+    """A listener of the run's `StepClock` collecting each step; `report` logs them.
+
+    Reported once the transaction has committed, so "Applied" is never logged
     for a revision a later failure rolled back.
     """
 
     def __init__(self) -> None:
         self.steps: list[tuple[str, str, float]] = []
-        self.restart()
 
-    def restart(self) -> None:
-        self.last = time.perf_counter()
-
-    def __call__(self, *, step, **_kwargs) -> None:
-        now = time.perf_counter()
+    def __call__(self, *, step, seconds: float, **_step) -> None:
         direction = "Applied" if step.is_upgrade else "Reverted"
-        self.steps.append((direction, step.up_revision_id, now - self.last))
-        self.last = now
+        self.steps.append((direction, step.up_revision_id, seconds))
 
     def report(self) -> None:
         for direction, revision, seconds in self.steps:

@@ -9,12 +9,14 @@ The table belongs to the migration system, not to the models: it has its own
 `MetaData`, autogenerate and `alembic check` skip it (`include_name`), and
 adoption does not count it as an application table. Rows are written on the
 run's own connection, inside its transaction: a run that fails leaves none. The
-table is created by the first run that writes a row and never dropped, so the
-history outlives a downgrade to base.
+table is created by the first run that writes a row. A downgrade that reaches
+base drops it: no revision is applied any more, so there is nothing left for it
+to be a history of, and `alembic downgrade base` leaves only Alembic's own
+`alembic_version` behind, as on a database that never migrated (what
+pytest-alembic's `test_downgrade_leaves_no_trace` checks).
 """
 
 import hashlib
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +29,6 @@ from sqlalchemy import Connection
 from app import app_version
 
 HISTORY_TABLE = "anibridge_migration_history"
-DIRECTIONS = ("upgrade", "downgrade", "stamp", "adopt")
 
 history_metadata = sa.MetaData()
 history_table = sa.Table(
@@ -94,21 +95,18 @@ def record(
 
 
 class HistoryRecorder:
-    """An `on_version_apply` callback writing one row per step, timed from the previous one."""
+    """A listener of the run's `StepClock`: one row per step, or no table once at base."""
 
     def __init__(self, script: ScriptDirectory) -> None:
         self.script = script
-        self.restart()
 
-    def restart(self) -> None:
-        self.last = time.perf_counter()
-
-    def __call__(self, *, ctx, step, **_kwargs) -> None:
-        now = time.perf_counter()
+    def __call__(self, *, ctx, step, seconds: float, **_step) -> None:
         direction = "stamp" if step.is_stamp else "upgrade" if step.is_upgrade else "downgrade"
+        if direction == "downgrade" and not ctx.get_current_heads():
+            history_table.drop(ctx.connection, checkfirst=True)
+            return
         for revision in step_revisions(step):
-            record(ctx.connection, self.script, revision, direction, now - self.last)
-        self.last = now
+            record(ctx.connection, self.script, revision, direction, seconds)
 
 
 def step_revisions(step) -> tuple[str, ...]:

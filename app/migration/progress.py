@@ -4,12 +4,15 @@ Alembic logs "Running upgrade A -> B" as a revision starts. A table rebuild on
 a large SQLite file can then run for minutes; `RevisionHeartbeat` logs a line
 every `every_s` seconds until the revision ends, so an operator watching the
 container's log can tell a slow revision from a hung one.
+
+`StepClock` is the run's one clock: Alembic calls it after each step, and it
+hands the step's duration to the callbacks that log and record steps.
 """
 
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
@@ -17,19 +20,41 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 10.0
 
 
-class RevisionHeartbeat:
-    """Knows which of the run's revisions is running; an `on_version_apply` callback."""
+class StepClock:
+    """An `on_version_apply` callback timing each step from the end of the one before.
 
-    def __init__(self, every_s: float | None = None) -> None:
+    It calls each of `listeners` with the step's keyword arguments and `seconds`.
+    """
+
+    def __init__(self, *listeners: Callable[..., None]) -> None:
+        self.listeners = listeners
+        self.restart()
+
+    def restart(self) -> None:
+        self.step_started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.step_started
+
+    def __call__(self, **step: object) -> None:
+        seconds = self.elapsed()
+        self.restart()
+        for listener in self.listeners:
+            listener(seconds=seconds, **step)
+
+
+class RevisionHeartbeat:
+    """Knows which of the run's revisions is running; a listener of the run's `StepClock`."""
+
+    def __init__(self, clock: StepClock, every_s: float | None = None) -> None:
+        self.clock = clock
         self.every_s = every_s or HEARTBEAT_EVERY_S
         self.revisions: Sequence[str] = ()
         self.done = 0
-        self.started = time.monotonic()
         self.stop = threading.Event()
 
-    def __call__(self, **_kwargs) -> None:
+    def __call__(self, **_step: object) -> None:
         self.done += 1
-        self.started = time.monotonic()
 
     def running(self) -> str | None:
         return self.revisions[self.done] if self.done < len(self.revisions) else None
@@ -37,18 +62,19 @@ class RevisionHeartbeat:
     def beat(self) -> None:
         """Until stopped: every `every_s` seconds of one revision, say it still runs."""
         while not self.stop.wait(self.seconds_to_next_beat()):
-            revision, elapsed = self.running(), time.monotonic() - self.started
+            revision, elapsed = self.running(), self.clock.elapsed()
             if revision is not None and elapsed >= self.every_s * 0.99:
                 log.info("Revision %s still running (%.0f s so far)", revision, elapsed)
 
     def seconds_to_next_beat(self) -> float:
-        elapsed = time.monotonic() - self.started
+        elapsed = self.clock.elapsed()
         return self.every_s - elapsed % self.every_s
 
     @contextmanager
     def running_revisions(self, revisions: Sequence[str]) -> Iterator[None]:
         """Beat in a daemon thread while the block runs `revisions` in this order."""
-        self.revisions, self.done, self.started = tuple(revisions), 0, time.monotonic()
+        self.revisions, self.done = tuple(revisions), 0
+        self.clock.restart()
         self.stop.clear()
         thread = threading.Thread(target=self.beat, name="revision-heartbeat", daemon=True)
         thread.start()

@@ -35,6 +35,7 @@ from app.migration.adoption.schema_shape import app_tables
 from app.migration.backup import fsync_file, utc_stamp
 from app.migration.errors import BackupError, UnknownSchemaError, describe_os_error
 from app.migration.locking import exclusive_database_use
+from app.migration.revisions import current_heads, unknown_revisions
 from app.migration.sqlite_files import is_sqlite_file, read_only_uri
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,7 @@ def require_known_revision(
 ) -> None:
     tables = app_tables(connection)
     if "alembic_version" in sa.inspect(connection).get_table_names():
-        revisions = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()
-        known = {revision.revision for revision in script.walk_revisions()}
-        unknown = sorted(set(revisions) - known)
+        unknown = unknown_revisions(script, current_heads(connection))
         if unknown:
             raise BackupError(
                 f"{backup} is at revision {', '.join(unknown)}, which this release does not "

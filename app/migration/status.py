@@ -8,7 +8,13 @@ differs from the models (as `alembic check` would say, in words).
 Strictly read-only: the SQLite file is opened with `mode=ro` (a missing file is
 reported empty, not created), PostgreSQL sessions are read-only, no upgrade
 lock is taken, and a lock held by a running upgrade is only looked at. The URL
-is shown with its password masked.
+is shown with its password masked. The one write is a scratch schema that
+recognising an unversioned PostgreSQL database builds inside a transaction that
+is always rolled back (see `adoption_verdict`).
+
+The state is the verdict the upgrade would reach, from the same functions:
+`empty`, `unversioned` (naming the release schema an upgrade adopts), `refused`
+(in the upgrade's own words), `pending`, `at_head`, `newer`.
 """
 
 import dataclasses
@@ -19,29 +25,30 @@ from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData
 
 from app.config import Settings
-from app.migration.adoption.schema_shape import app_tables
+from app.migration.adoption.adopt import recognise_unversioned_database
+from app.migration.adoption.schema_shape import app_tables, describe_difference, flatten
 from app.migration.backup import list_backups, read_backup_name
 from app.migration.connection import connect_for_migrations
-from app.migration.guarded_run import (
-    current_heads,
-    newer_database_message,
-    plan_run,
-    script_directory,
-    unknown_revisions,
-)
+from app.migration.errors import UnknownSchemaError
 from app.migration.journal import (
     COMPARE_OPTIONS,
     HistoryRow,
     file_checksum,
     read_history,
-    release_that_applied,
 )
 from app.migration.locking import upgrade_running
+from app.migration.revisions import (
+    current_heads,
+    migration_context,
+    newer_database_refusal,
+    plan_run,
+    script_directory,
+    unknown_revisions,
+)
 
 
 @dataclass
@@ -97,20 +104,38 @@ def fill_state(
     current,
     target_metadata: MetaData | None,
 ) -> None:
-    unknown = unknown_revisions(script, current)
-    if unknown:
-        status.state = "newer"
-        status.message = newer_database_message(
-            unknown, release_that_applied(connection, unknown[0])
-        )
+    """The verdict the upgrade would reach, decided by the code the upgrade runs."""
+    refusal = newer_database_refusal(script, connection)
+    if refusal is not None:
+        status.state, status.message = "newer", refusal
         return
     status.pending = list(plan_run(script, current, "heads").revisions)
-    if not current:
-        status.state = "unversioned" if app_tables(connection) else "empty"
+    if not current and app_tables(connection):
+        status.state, status.message = adoption_verdict(connection, script)
+    elif not current:
+        status.state = "empty"
     else:
         status.state = "pending" if status.pending else "at_head"
     if status.state == "at_head" and target_metadata is not None:
         status.drift = schema_drift(connection, target_metadata)
+
+
+def adoption_verdict(connection: Connection, script: ScriptDirectory) -> tuple[str, str]:
+    """("unversioned", the schema an upgrade adopts) or ("refused", the upgrade's own words).
+
+    On PostgreSQL the recognition builds the baseline in a scratch schema, which
+    needs a writable transaction; it is always rolled back, so nothing is kept.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.rollback()
+        connection.exec_driver_sql("SET TRANSACTION READ WRITE")
+    try:
+        known = recognise_unversioned_database(connection, script)
+    except UnknownSchemaError as exc:
+        return "refused", str(exc)
+    finally:
+        connection.rollback()
+    return "unversioned", f"an upgrade adopts it as {known.description}"
 
 
 def backups_of(settings: Settings) -> list[dict[str, Any]]:
@@ -162,45 +187,8 @@ def edited_revisions(
 
 def schema_drift(connection: Connection, metadata: MetaData) -> list[str]:
     """The differences `alembic check` would report, one sentence each."""
-    context = MigrationContext.configure(connection, opts=COMPARE_OPTIONS)
+    context = migration_context(connection, **COMPARE_OPTIONS)
     return [describe_difference(diff) for diff in flatten(compare_metadata(context, metadata))]
-
-
-def flatten(diffs: list) -> list[tuple]:
-    """Alembic groups column modifications in lists; one tuple per difference here."""
-    flat = []
-    for diff in diffs:
-        flat.extend(diff if isinstance(diff, list) else [diff])
-    return flat
-
-
-def describe_difference(diff: tuple) -> str:
-    kind = diff[0]
-    if kind in ("add_table", "remove_table"):
-        return f"table {diff[1].name} {where(kind)}"
-    if kind in ("add_column", "remove_column"):
-        return f"column {diff[2]}.{diff[3].name} {where(kind)}"
-    if kind in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
-        item = diff[1]
-        what = "index" if "index" in kind else "constraint"
-        columns = ", ".join(column.name for column in item.columns)
-        return f"{what} {item.name} on {item.table.name} ({columns}) {where(kind)}"
-    if kind in ("add_fk", "remove_fk"):
-        return f"foreign key {diff[1].name} on {diff[1].parent.name} {where(kind)}"
-    if kind.startswith("modify_"):
-        _, _, table, column, _, database_value, model_value = diff
-        what = kind.removeprefix("modify_").replace("_", " ")
-        return (
-            f"column {table}.{column}: {what} is {database_value!s} in the database, "
-            f"{model_value!s} in the models"
-        )
-    return str(diff)
-
-
-def where(kind: str) -> str:
-    if kind.startswith("add"):
-        return "is in the models but not in the database"
-    return "is in the database but not in the models"
 
 
 def render(status: DatabaseStatus) -> str:
@@ -233,13 +221,14 @@ def render(status: DatabaseStatus) -> str:
 
 STATE_WORDS = {
     "empty": "empty (an upgrade creates the schema)",
-    "unversioned": "unversioned (made before migrations; an upgrade adopts it)",
     "pending": "behind head (run `alembic upgrade head` or start the service)",
     "at_head": "at head",
 }
 
 
 def describe_state(status: DatabaseStatus) -> str:
+    if status.state == "unversioned":
+        return f"unversioned (made before migrations; {status.message})"
     return STATE_WORDS.get(status.state, f"{status.state}: {status.message}")
 
 

@@ -28,7 +28,6 @@ from functools import cache
 from importlib.resources import files
 
 import sqlalchemy as sa
-from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
@@ -41,6 +40,7 @@ from app.migration.adoption.schema_shape import (
     diff_schemas,
 )
 from app.migration.errors import MigrationError, UnknownSchemaError
+from app.migration.revisions import migration_context
 from app.migration.views_and_triggers import (
     check_views_and_triggers,
     user_views_and_triggers,
@@ -153,7 +153,7 @@ def baseline_schema_on(connection: Connection, script: ScriptDirectory) -> Known
     try:
         connection.exec_driver_sql(f"CREATE SCHEMA {PROBE_SCHEMA}")
         connection.exec_driver_sql(f"SET LOCAL search_path TO {PROBE_SCHEMA}")
-        with Operations.context(MigrationContext.configure(connection)):
+        with Operations.context(migration_context(connection)):
             module.upgrade()
         shape = describe_schema(connection, PROBE_SCHEMA)
     finally:
@@ -206,7 +206,7 @@ def adopt_legacy_database(
     if known.released not in (None, MULTI_SITE):
         log.info("Converting a %s database to the multi-site schema", known.released.name)
         convert_to_multi_site(connection)
-    MigrationContext.configure(connection).stamp(script, baseline)
+    migration_context(connection).stamp(script, baseline)
     log.info("Adopted an unversioned database as baseline revision %s", baseline)
     return baseline
 

@@ -1,4 +1,10 @@
-"""Reflect a live schema into a comparable shape and describe differences in words.
+"""Reflect a live schema into a comparable shape, and put schema differences into words.
+
+The one place that words differences: between a database and a schema it
+should have (`diff_schemas`, for adoption and the released-schema tests) and
+between a database and the models (`describe_difference`, for Alembic's
+comparison in `anibridge status`). Both say what is missing and what is extra
+with `missing` and `extra`, against what they compare with.
 
 Types are compared exactly as the connection's dialect spells them: on
 PostgreSQL INTEGER is not BIGINT and a naive TIMESTAMP is not a timestamp with
@@ -116,11 +122,8 @@ def describe_schema(connection: Connection, schema: str | None = None) -> dict[s
 
 def diff_schemas(expected: dict[str, TableShape], actual: dict[str, TableShape]) -> list[str]:
     """The differences as sentences (`table job: column created_at is missing`); empty if none."""
-    problems = [f"table {name} is missing" for name in sorted(expected.keys() - actual.keys())]
-    problems += [
-        f"table {name} is not part of that schema"
-        for name in sorted(actual.keys() - expected.keys())
-    ]
+    problems = [missing(f"table {name}") for name in sorted(expected.keys() - actual.keys())]
+    problems += [extra(f"table {name}") for name in sorted(actual.keys() - expected.keys())]
     for name in sorted(expected.keys() & actual.keys()):
         problems += [
             f"table {name}: {problem}" for problem in _diff_table(expected[name], actual[name])
@@ -136,11 +139,8 @@ def _diff_table(expected: TableShape, actual: TableShape) -> list[str]:
             f"expected {_listing(expected.primary_key)}"
         )
     problems += _diff_indexes(expected.indexes, actual.indexes)
-    problems += [f"{item} is missing" for item in sorted(expected.constraints - actual.constraints)]
-    problems += [
-        f"{item} is not part of that schema"
-        for item in sorted(actual.constraints - expected.constraints)
-    ]
+    problems += [missing(item) for item in sorted(expected.constraints - actual.constraints)]
+    problems += [extra(item) for item in sorted(actual.constraints - expected.constraints)]
     return problems
 
 
@@ -149,7 +149,7 @@ def _diff_columns(expected: TableShape, actual: TableShape) -> list[str]:
     for want in expected.columns:
         have = actual.column(want.name)
         if have is None:
-            problems.append(f"column {want.name} is missing")
+            problems.append(missing(f"column {want.name}"))
             continue
         if have.type != want.type:
             problems.append(f"column {want.name} is {have.type}, expected {want.type}")
@@ -164,7 +164,7 @@ def _diff_columns(expected: TableShape, actual: TableShape) -> list[str]:
                 f"expected {want.default or 'none'}"
             )
     problems += [
-        f"column {have.name} ({have.type}) is not part of that schema"
+        extra(f"column {have.name} ({have.type})")
         for have in actual.columns
         if expected.column(have.name) is None
     ]
@@ -183,14 +183,62 @@ def _diff_indexes(expected: frozenset[IndexShape], actual: frozenset[IndexShape]
     for name in sorted(wanted.keys() | found.keys()):
         want, have = wanted.get(name), found.get(name)
         if have is None:
-            problems.append(f"{want} is missing")
+            problems.append(missing(str(want)))
         elif want is None:
-            problems.append(
-                f'{have} is not part of that schema (if you made it, drop it: DROP INDEX "{name}")'
-            )
+            problems.append(f'{extra(str(have))} (if you made it, drop it: DROP INDEX "{name}")')
         elif have != want:
             problems.append(f"{have} should be {want}")
     return problems
+
+
+MODELS = "the models"
+
+
+def missing(thing: str, against: str | None = None) -> str:
+    """`thing` is not in the database, though the schema it is compared `against` has it."""
+    if against is None:
+        return f"{thing} is missing"
+    return f"{thing} is in {against} but not in the database"
+
+
+def extra(thing: str, against: str | None = None) -> str:
+    """`thing` is in the database, though the schema it is compared `against` lacks it."""
+    if against is None:
+        return f"{thing} is not part of that schema"
+    return f"{thing} is in the database but not in {against}"
+
+
+def flatten(diffs: list) -> list[tuple]:
+    """Alembic groups column modifications in lists; one tuple per difference here."""
+    flat = []
+    for diff in diffs:
+        flat.extend(diff if isinstance(diff, list) else [diff])
+    return flat
+
+
+def describe_difference(diff: tuple) -> str:
+    """One of Alembic's comparison results (`compare_metadata`) against the models, in words."""
+    kind = diff[0]
+    side = missing if kind.startswith("add") else extra
+    if kind in ("add_table", "remove_table"):
+        return side(f"table {diff[1].name}", MODELS)
+    if kind in ("add_column", "remove_column"):
+        return side(f"column {diff[2]}.{diff[3].name}", MODELS)
+    if kind in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
+        item = diff[1]
+        what = "index" if "index" in kind else "constraint"
+        columns = ", ".join(column.name for column in item.columns)
+        return side(f"{what} {item.name} on {item.table.name} ({columns})", MODELS)
+    if kind in ("add_fk", "remove_fk"):
+        return side(f"foreign key {diff[1].name} on {diff[1].parent.name}", MODELS)
+    if kind.startswith("modify_"):
+        _, _, table, column, _, database_value, model_value = diff
+        what = kind.removeprefix("modify_").replace("_", " ")
+        return (
+            f"column {table}.{column}: {what} is {database_value!s} in the database, "
+            f"{model_value!s} in {MODELS}"
+        )
+    return str(diff)
 
 
 def _nullability(nullable: bool) -> str:

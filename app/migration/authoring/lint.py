@@ -178,7 +178,7 @@ def lint_revisions(script_directory: ScriptDirectory) -> list[Finding]:
 
 
 def main(report: Callable[[str], None] = print) -> int:
-    from app.migration.guarded_run import script_directory
+    from app.migration.revisions import script_directory
 
     findings = lint_revisions(script_directory())
     for finding in findings:

@@ -1,0 +1,156 @@
+"""Questions about the revision graph and where a database stands in it.
+
+Alembic's config and script directory for this project, the database's current
+revisions, the plan of a run (which way, through which revisions), and the one
+check for a revision this release does not know, which every command that looks
+at a database (the upgrade, the read-only commands, `anibridge status`, a
+restore) asks the same way.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+from sqlalchemy import Connection
+
+from app import app_version
+from app.config import Settings
+from app.migration.errors import DatabaseNewerThanCodeError, MigrationError
+from app.migration.journal import HistoryRow, release_that_applied
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a writing run starts, where it goes, and which way."""
+
+    current: tuple[str, ...]
+    direction: str
+    revisions: tuple[str, ...]
+
+
+def alembic_config(
+    connection: Connection | None = None, settings: Settings | None = None
+) -> Config:
+    """Alembic's config for this project, usable from any working directory.
+
+    A connection or settings given here reach env.py through `config.attributes`;
+    without them env.py opens its own connection from the environment's settings.
+    """
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    if settings is not None:
+        config.attributes["settings"] = settings
+        config.attributes["skip_logging_setup"] = True
+    return config
+
+
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def migration_context(connection: Connection, **options: Any) -> MigrationContext:
+    """A MigrationContext for looking at the database, configured as the runs are.
+
+    Alembic logs the DDL mode of every context it builds; without
+    `transactional_ddl` a look at a SQLite database would log "non-transactional
+    DDL" in the middle of a run that is one transaction.
+    """
+    return MigrationContext.configure(connection, opts={"transactional_ddl": True, **options})
+
+
+def current_heads(connection: Connection) -> tuple[str, ...]:
+    return migration_context(connection).get_current_heads()
+
+
+def revisions_between(script: ScriptDirectory, upper, lower, **options: Any) -> list:
+    """The revisions Alembic walks from `lower` to `upper`; none when it cannot walk that way."""
+    try:
+        return list(script.iterate_revisions(upper, lower, **options))
+    except (CommandError, RevisionError):
+        return []
+
+
+def plan_run(script: ScriptDirectory, current: tuple[str, ...], destination) -> RunPlan:
+    """Which way the destination lies from `current`, and the revisions on the way, in order.
+
+    `destination` is what `get_revision_argument` gives: a revision, a relative
+    one (`-1`, `+2`), None for base, or a tuple (`heads`, a stamp's targets).
+    """
+    if isinstance(destination, tuple) and len(destination) == 1:
+        (destination,) = destination
+    ahead = revisions_between(script, destination, current)
+    if ahead:
+        return RunPlan(current, "upgrade", tuple(rev.revision for rev in reversed(ahead)))
+    behind = []
+    if not isinstance(destination, tuple):
+        behind = revisions_between(script, current, destination, select_for_downgrade=True)
+    direction = "downgrade" if behind else "none"
+    return RunPlan(current, direction, tuple(rev.revision for rev in behind))
+
+
+def unknown_revisions(script: ScriptDirectory, revisions: Iterable[str]) -> list[str]:
+    """Those of `revisions` this release has no file for, sorted: the one check for them."""
+    known = {rev.revision for rev in script.walk_revisions()}
+    return sorted(set(revisions) - known)
+
+
+def newer_database_message(unknown: list[str], applied: HistoryRow | None = None) -> str:
+    """Which revision this release does not know, and which release to run instead.
+
+    The migration history names the release that applied the revision, when
+    that release kept one.
+    """
+    upgraded_by = "a newer release upgraded it"
+    if applied is not None:
+        upgraded_by = f"AniBridge {applied.app_version} applied it on {applied.applied_at[:10]}"
+    return (
+        f"the database is at revision {', '.join(unknown)}, which AniBridge {app_version()} "
+        f"does not know: {upgraded_by}; run that release (or newer), or "
+        "restore the backup taken before that upgrade (DATA_DIR/backups)"
+    )
+
+
+def newer_database_refusal(script: ScriptDirectory, connection: Connection) -> str | None:
+    """The refusal for a database at a revision this release does not know; None if it knows all."""
+    unknown = unknown_revisions(script, current_heads(connection))
+    if not unknown:
+        return None
+    return newer_database_message(unknown, release_that_applied(connection, unknown[0]))
+
+
+def refuse_unknown_revisions(script: ScriptDirectory, connection: Connection) -> tuple[str, ...]:
+    """The database's current revisions, unless this release does not know one of them."""
+    refusal = newer_database_refusal(script, connection)
+    if refusal is not None:
+        raise DatabaseNewerThanCodeError(refusal)
+    return current_heads(connection)
+
+
+def refuse_overlapping_versions(script: ScriptDirectory, heads: tuple[str, ...]) -> None:
+    """Explain an alembic_version with a row that is an ancestor of another row.
+
+    Alembic refuses such a table with "overlaps with other requested revisions";
+    `alembic stamp --purge` still works on it, so this runs only once Alembic failed.
+    """
+    for head in heads:
+        older = {rev.revision for rev in script.walk_revisions("base", head)} - {head}
+        stale = sorted(older.intersection(heads))
+        if stale:
+            rows = ", ".join(stale)
+            raise MigrationError(
+                f"alembic_version holds {len(heads)} rows ({', '.join(heads)}), but {rows} is "
+                f"an ancestor of {head}; check that the schema is at {head} (`alembic check`), "
+                f"then delete the stale row (DELETE FROM alembic_version WHERE version_num = "
+                f"'{stale[0]}') and start again"
+            )
