@@ -600,6 +600,8 @@ def test_tini_is_pid_1_and_passes_signals_to_the_whole_process_group() -> None:
     assert json.loads(entrypoint.removeprefix("ENTRYPOINT")) == [
         "/usr/bin/tini",
         "-g",
+        "-e",
+        "143",
         "--",
         "/usr/local/bin/docker-entrypoint.sh",
     ]
