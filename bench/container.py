@@ -35,7 +35,7 @@ from tests.legacy_data import release_file
 TARGET_RATIO = 1.10
 HEALTH_TIMEOUT_S = 60
 POLL_INTERVAL_S = 0.005
-NEVER_AT_HEAD = "def database_at_head(*_args, **_kwargs):\n    return None\n"
+NEVER_AT_HEAD = "\n\ndef database_at_head(*_args, **_kwargs):\n    return None\n"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SQLITE_TRIALS = (
     "SQLite floor: DB_MIGRATE_ON_STARTUP=false",
@@ -117,12 +117,13 @@ def base_image_description(engine: Engine, image: str) -> str:
 
 
 def build_without_fast_check(engine: Engine, image: str) -> str:
-    """`image` with an `app.migration.at_head` that never says "at head"."""
+    """`image` whose `database_at_head` never says "at head" (redefined at the module's end)."""
     tag = f"{image}-without-fast-check"
     with scratch_dir("container") as context:
-        (context / "at_head.py").write_text(NEVER_AT_HEAD)
+        (context / "never_at_head.py").write_text(NEVER_AT_HEAD)
         (context / "Dockerfile").write_text(
-            f"FROM {image}\nCOPY at_head.py /app/app/migration/at_head.py\n"
+            f"FROM {image}\nCOPY never_at_head.py /tmp/\n"
+            "RUN cat /tmp/never_at_head.py >> /app/app/migration/at_head.py\n"
         )
         engine.docker("build", "--network=host", f"--tag={tag}", str(context), timeout=300)
     return tag
