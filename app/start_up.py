@@ -40,6 +40,8 @@ MAX_ID = 4294967294
 SERVICE_COMMANDS = ([], ["serve"])
 SKIPPING_COMMANDS = ("restore", "migrate")
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgresql+psycopg://")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOPPED_STATUS = 128 + signal.SIGTERM  # tini -e 143 reports it as 0: a stop is no failure
 USAGE = "usage: python -m app.start_up ids | run COMMAND [ARGUMENT...]"
 
 
@@ -80,21 +82,26 @@ def anibridge_subcommand(command: Sequence[str]) -> list[str] | None:
     return list(command[1:])
 
 
-def upgrade_plan(command: Sequence[str], env: Mapping[str, str]) -> str:
-    """`skip: WHY`, `service` (it upgrades in its own process) or `here`."""
+def skip_reason(command: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """Why the upgrade does not run before `command`, or None when it does."""
     try:
         migrate = parse_options(env)["migrate_on_startup"]
     except ConfigError as exc:
         raise StartUpError(str(exc)) from None
     arguments = anibridge_subcommand(command)
     if not migrate:
-        return f"skip: DB_MIGRATE_ON_STARTUP={env['DB_MIGRATE_ON_STARTUP']}"
+        return f"DB_MIGRATE_ON_STARTUP={env['DB_MIGRATE_ON_STARTUP']}"
     if arguments and arguments[0] in SKIPPING_COMMANDS:
-        return f"skip: anibridge {arguments[0]} runs without upgrading first"
+        return f"anibridge {arguments[0]} runs without upgrading first"
+    return None
+
+
+def left_to_the_service(command: Sequence[str], env: Mapping[str, str]) -> bool:
+    """The service on PostgreSQL: it checks and upgrades in its own process."""
     url = env.get("DATABASE_URL", "").strip()
-    if arguments in SERVICE_COMMANDS and url.startswith(POSTGRES_URL_PREFIXES):
-        return "service"
-    return "here"
+    return anibridge_subcommand(command) in SERVICE_COMMANDS and url.startswith(
+        POSTGRES_URL_PREFIXES
+    )
 
 
 def upgrade_to_head() -> None:
@@ -104,15 +111,16 @@ def upgrade_to_head() -> None:
         log(f"the database schema is at head ({head}): nothing to upgrade")
         return
     log("upgrading the database schema: alembic upgrade head")
-    stopped = []
-    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
-    signal.signal(signal.SIGINT, lambda *_: stopped.append(True))
-    status = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"]).returncode
+    status, stopped = run_stoppable([sys.executable, "-m", "alembic", "upgrade", "head"])
     if stopped:
+        when = (
+            "during the database upgrade, which was rolled back"
+            if status
+            else "once the database upgrade had finished"
+        )
         raise StartUpError(
-            "stopped during the database upgrade, which was rolled back; "
-            "the next start runs it again",
-            128 + signal.SIGTERM,
+            f"stopped {when}; the service was not started, the next start goes on from there",
+            STOPPED_STATUS,
         )
     if status != 0:
         exit_status = status if status > 0 else 128 - status
@@ -120,16 +128,31 @@ def upgrade_to_head() -> None:
             f"the database upgrade failed (exit {exit_status}); the service was not started",
             exit_status,
         )
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_stoppable(program: list[str]) -> tuple[int, bool]:
+    """Run `program`; its exit status, and whether SIGTERM or SIGINT came meanwhile.
+
+    tini (`-g`) sends `docker stop`'s SIGTERM to the program too: it ends at
+    once, and this process, instead of ending before it, reports it.
+    """
+    stopped: list[int] = []
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, lambda number, _frame: stopped.append(number))
+    try:
+        status = subprocess.run(program).returncode
+    finally:
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, signal.SIG_DFL)
+    return status, bool(stopped)
 
 
 def run(command: Sequence[str]) -> None:
-    """Bring the database to head as planned, then become `command` (never returns)."""
-    plan = upgrade_plan(command, os.environ)
-    if plan.startswith("skip: "):
-        log(f"{plan.removeprefix('skip: ')}: not upgrading the database")
-    elif plan == "service":
+    """Bring the database to head as decided, then become `command` (never returns)."""
+    reason = skip_reason(command, os.environ)
+    if reason is not None:
+        log(f"{reason}: not upgrading the database")
+    elif left_to_the_service(command, os.environ):
         log("PostgreSQL: the service checks the schema and upgrades it in its own process")
     else:
         upgrade_to_head()
@@ -146,9 +169,12 @@ def main(argv: Sequence[str]) -> int:
         if argv[:1] == ["ids"] and len(argv) == 1:
             print(root_settings(os.environ))
             return 0
-        if argv[:1] == ["run"] and len(argv) > 1:
-            run(argv[1:])
-        raise StartUpError(f"no command given (the image's default is: anibridge); {USAGE}")
+        if argv == ["run"]:
+            raise StartUpError("no command given (the image's default is: anibridge)")
+        if argv[:1] != ["run"]:
+            raise StartUpError(USAGE)
+        run(argv[1:])
+        return 0
     except StartUpError as exc:
         print(f"[entrypoint] error: {exc}", file=sys.stderr)
         return exc.status
