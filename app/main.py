@@ -17,6 +17,7 @@ from app.data import crud
 from app.data.session import session_scope
 from app.engine import make_engine
 from app.logs import configure_logging
+from app.migration.at_head import at_vouched_head
 from app.migration.guarded_run import database_revision, require_database_at_head, upgrade_database
 from app.migration.locking import service_lock
 from app.migration.restore import restore_backup
@@ -30,11 +31,14 @@ def prepare_database(settings: Settings) -> str | None:
 
     With DB_MIGRATE_ON_STARTUP (the default) this runs the same safe upgrade
     as `alembic upgrade head`; without it, a database not at head is refused.
+    On PostgreSQL a database already at the head the manifest vouches for is
+    not upgraded: this process has imported the driver anyway, so the check
+    costs one read (the container's start-up step leaves it to the service).
     """
-    if settings.migrate_on_startup:
-        upgrade_database(settings)
-    else:
+    if not settings.migrate_on_startup:
         require_database_at_head(settings)
+    elif settings.is_sqlite or not at_vouched_head(database_revision(settings)):
+        upgrade_database(settings)
     return ", ".join(database_revision(settings)) or None
 
 

@@ -3,30 +3,49 @@
 The image is built from this checkout (tests/container_engine.py: the Docker
 engine at DOCKER_HOST, else a private dockerd; the stand-in base image where
 `python:3.11-slim` cannot be pulled). Every trial starts a container created
-beforehand on one volume whose database, the real multi-site release file, is
-already at head. The clock runs from `docker start` until GET /health answers
-200. Trials, taking turns:
+beforehand; the clock runs from `docker start` until GET /health answers 200.
+On each engine the database is already at head: on SQLite a volume holding the
+real multi-site release file, adopted; on PostgreSQL a scratch database on the
+host's server (BENCH_POSTGRES_URL, default the local trust-auth server; the
+containers share the host's network), created here and dropped afterwards.
+Trials, taking turns:
 
 * the floor: the same image with DB_MIGRATE_ON_STARTUP=false (no migration step);
-* the image as shipped: the fast check, then the service (which does not upgrade);
-* the same without the fast check (a derived image whose `app.migration.at_head`
-  never vouches), so `alembic upgrade head` runs at every start: what the check saves.
+* the image as shipped: on SQLite the start-up step's fast check, on PostgreSQL
+  the service's own check in its process; neither upgrades at head;
+* on SQLite, the same without the fast check (a derived image whose
+  `app.migration.at_head` never vouches), so `alembic upgrade head` runs at
+  every start: what the check saves.
 """
 
+import os
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from bench.common import Report, Sample, measure_interleaved, ratio, scratch_dir
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from bench.common import Figure, Report, Sample, measure_interleaved, ratio, scratch_dir
 from tests.container_engine import Engine, build_app_image, free_port, start_engine
 from tests.legacy_data import release_file
 
 TARGET_RATIO = 1.10
 HEALTH_TIMEOUT_S = 60
 POLL_INTERVAL_S = 0.005
-NEVER_AT_HEAD = "import sys\nsys.exit(1)\n"
+NEVER_AT_HEAD = "\n\ndef database_at_head(*_args, **_kwargs):\n    return None\n"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+SQLITE_TRIALS = (
+    "SQLite floor: DB_MIGRATE_ON_STARTUP=false",
+    "SQLite as shipped: fast check, no upgrade",
+    "SQLite without the fast check: alembic",
+)
+POSTGRES_TRIALS = (
+    "PostgreSQL floor: DB_MIGRATE_ON_STARTUP=false",
+    "PostgreSQL as shipped: the service's check",
+)
 
 
 def run(quick: bool, runs: int) -> Report:
@@ -35,34 +54,43 @@ def run(quick: bool, runs: int) -> Report:
         image = build_app_image(engine)
         without_check = build_without_fast_check(engine, image)
         report.lines.append(f"  image: {image}, base {base_image_description(engine, image)}")
-        with volume_at_head(engine, image) as volume:
+        with volume_at_head(engine, image) as volume, postgres_at_head(engine, image) as url:
 
             def trial(trial_image: str, **environ: str) -> Callable[[], Sample]:
                 return lambda: time_start_to_health(engine, trial_image, volume, environ)
 
-            figures = measure_interleaved(
-                runs,
-                {
-                    "floor: DB_MIGRATE_ON_STARTUP=false": trial(
-                        image, DB_MIGRATE_ON_STARTUP="false"
-                    ),
-                    "as shipped: fast check, one upgrade at most": trial(image),
-                    "without the fast check: alembic every start": trial(without_check),
-                },
+            off = {"DB_MIGRATE_ON_STARTUP": "false"}
+            trials = (
+                trial(image, **off),
+                trial(image),
+                trial(without_check),
+                trial(image, DATABASE_URL=url, **off),
+                trial(image, DATABASE_URL=url),
             )
-    floor, shipped, unchecked = figures.values()
-    for figure in figures.values():
-        report.add(figure, floor)
+            figures = measure_interleaved(
+                runs, dict(zip(SQLITE_TRIALS + POSTGRES_TRIALS, trials, strict=True))
+            )
+    sqlite_floor, sqlite_shipped, unchecked, postgres_floor, postgres_shipped = figures.values()
+    for figure in (sqlite_floor, sqlite_shipped, unchecked):
+        report.add(figure, sqlite_floor)
+    for figure in (postgres_floor, postgres_shipped):
+        report.add(figure, postgres_floor)
     report.lines.append(
-        f"  the fast check saves {(unchecked.seconds - shipped.seconds) * 1e3:.0f} ms per start"
+        "  the fast check saves "
+        f"{(unchecked.seconds - sqlite_shipped.seconds) * 1e3:.0f} ms per SQLite start"
     )
+    check_ratio(report, "SQLite", sqlite_shipped, sqlite_floor)
+    check_ratio(report, "PostgreSQL", postgres_shipped, postgres_floor)
+    return report
+
+
+def check_ratio(report: Report, engine_name: str, shipped: Figure, floor: Figure) -> None:
     report.check(
-        f"start at head <= {TARGET_RATIO}x DB_MIGRATE_ON_STARTUP=false",
+        f"{engine_name} start at head <= {TARGET_RATIO}x DB_MIGRATE_ON_STARTUP=false",
         ratio(shipped, floor) <= TARGET_RATIO,
         f"{ratio(shipped, floor):.2f}x ({shipped.seconds * 1e3:.0f} ms vs "
-        f"{floor.seconds * 1e3:.0f} ms; without the check {ratio(unchecked, floor):.2f}x)",
+        f"{floor.seconds * 1e3:.0f} ms)",
     )
-    return report
 
 
 @contextmanager
@@ -89,11 +117,14 @@ def base_image_description(engine: Engine, image: str) -> str:
 
 
 def build_without_fast_check(engine: Engine, image: str) -> str:
-    """`image` with an `app.migration.at_head` that never says "at head"."""
+    """`image` whose `database_at_head` never says "at head" (redefined at the module's end)."""
     tag = f"{image}-without-fast-check"
     with scratch_dir("container") as context:
-        (context / "head_check.py").write_text(NEVER_AT_HEAD)
-        (context / "Dockerfile").write_text(f"FROM {image}\nCOPY head_check.py /app/app/\n")
+        (context / "never_at_head.py").write_text(NEVER_AT_HEAD)
+        (context / "Dockerfile").write_text(
+            f"FROM {image}\nCOPY never_at_head.py /tmp/\n"
+            "RUN cat /tmp/never_at_head.py >> /app/app/migration/at_head.py\n"
+        )
         engine.docker("build", "--network=host", f"--tag={tag}", str(context), timeout=300)
     return tag
 
@@ -128,6 +159,32 @@ def volume_at_head(engine: Engine, image: str) -> Iterator[str]:
         yield volume
     finally:
         engine.docker("volume", "rm", "--force", volume, check=False)
+
+
+@contextmanager
+def postgres_at_head(engine: Engine, image: str) -> Iterator[str]:
+    """A scratch database on the host's PostgreSQL, brought to head by the image; its URL."""
+    server = make_url(os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    name = f"anibridge_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        engine.docker(
+            "run",
+            "--rm",
+            "--network=host",
+            f"--env=DATABASE_URL={url}",
+            image,
+            "anibridge",
+            "migrate",
+        )
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def time_start_to_health(

@@ -9,7 +9,7 @@ indexes, in one transaction. DB_BACKUP_KEEP=0: the backup is benchmark 4.
 
 from pathlib import Path
 
-from app.migration.at_head import revision_heads
+from app.migration.at_head import vouched_head
 from bench.common import (
     PYTHON,
     Figure,
@@ -78,7 +78,7 @@ def build_template(root: Path, rows: int) -> tuple[Path, Path]:
     project = copy_project(root / "project")
     template = migrate_to_head(root / f"template-{rows}", project)
     insert_rows(template, "job", JOB_COLUMNS, job_rows(rows))
-    (head,) = revision_heads(project / "migrations" / "versions")
+    head = vouched_head(project / "migrations")
     revision_file = project / "migrations" / "versions" / "2099_01_01_0000-bench0rebuild_.py"
     revision_file.write_text(REVISION_TEMPLATE.format(head=head))
     return project, template

@@ -1,7 +1,8 @@
 """1. Start-up at head: the container's migration step when nothing is pending.
 
-The entrypoint runs `python -m app.migration.at_head` and, only when it cannot vouch
-for the database, `alembic upgrade head`.
+The container's start-up step (`app.migration.start_up`) asks `app.migration.at_head` (timed
+here as `python -m app.migration.at_head`) and, only when it cannot vouch for the
+SQLite database, runs `alembic upgrade head`.
 """
 
 from bench.common import (

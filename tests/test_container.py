@@ -127,8 +127,12 @@ class Container:
         return self.engine.docker("exec", *options, self.name, *command).stdout
 
     def service_ids(self) -> str:
-        """`uid gid` of PID 1 (the service, once the entrypoint has exec'd it)."""
-        status = self.exec("cat", "/proc/1/status")
+        """`uid gid` of PID 1's only child (the service, once the entrypoint has exec'd it).
+
+        PID 1 is tini, root's, which only passes signals on and reaps.
+        """
+        (child,) = self.exec("cat", "/proc/1/task/1/children").split()
+        status = self.exec("cat", f"/proc/{child}/status")
         uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
         gid = next(line.split()[1] for line in status.splitlines() if line.startswith("Gid:"))
         return f"{uid} {gid}"

@@ -410,8 +410,10 @@ def test_uid_and_gid_held_by_another_name_are_shared(container: Container) -> No
 
     assert_ran_as(result, OTHER_UID)
     assert_owner(container.database, OTHER_UID)
-    assert f"uid {OTHER_UID} already belongs to user '{OTHER_USER}'" in result.stderr
-    assert f"gid {OTHER_UID} already belongs to group '{OTHER_USER}'" in result.stderr
+    assert (getent_ids("passwd", APP_USER), getent_ids("group", APP_GROUP)) == (
+        OTHER_UID,
+        OTHER_UID,
+    )
 
 
 def test_existing_app_user_gets_the_new_ids(container: Container) -> None:
@@ -449,7 +451,10 @@ def fake_anibridge(shared_root: Path) -> Path:
     """Stands in for the `anibridge` command: prints its arguments and identity."""
     script = shared_root / "bin" / "anibridge"
     script.parent.mkdir(exist_ok=True)
-    script.write_text('#!/bin/sh\necho "anibridge $* as $(id -u):$(id -g)"\n')
+    script.write_text(
+        "#!/bin/sh\n"
+        'echo "anibridge $* as $(id -u):$(id -g) migrate=${DB_MIGRATE_ON_STARTUP:-unset}"\n'
+    )
     script.chmod(0o755)
     return script
 
@@ -464,9 +469,49 @@ def test_restore_and_migrate_run_without_upgrading_first(
     result = container.start([str(fake_anibridge), *arguments])
 
     assert result.returncode == 0, result.stderr
-    shown = f"anibridge {' '.join(arguments)} as {APP_UID}:{APP_UID}"
+    shown = f"anibridge {' '.join(arguments)} as {APP_UID}:{APP_UID} migrate=unset"
     assert result.stdout.splitlines() == [shown]
     assert "upgrading the database schema" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DB_MIGRATE_ON_STARTUP", "maybe"), ("CHOWN_RECURSIVE", "2"), ("PORT", "http")],
+)
+def test_a_bad_setting_stops_the_start_with_one_line_naming_it(
+    container: Container, variable: str, value: str
+) -> None:
+    result = container.start(**{variable: value})
+
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"[entrypoint] error: {variable}='{value}' is not ")
+    assert result.stdout == ""
+    assert not container.database.exists()
+
+
+def test_on_postgresql_the_service_is_left_to_check_and_upgrade_itself(
+    container: Container, fake_anibridge: Path
+) -> None:
+    """The entrypoint neither checks nor upgrades, and does not switch the service's upgrade off."""
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/never_reached"
+
+    result = container.start([str(fake_anibridge)], DATABASE_URL=url)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"anibridge  as {APP_UID}:{APP_UID} migrate=unset"]
+    assert "upgrading the database schema" not in result.stderr
+    assert "the service checks the schema" in result.stderr
+
+
+def test_an_unknown_command_is_one_line(container: Container) -> None:
+    result = container.start(["no-such-command-here"])
+
+    assert result.returncode == 127
+    assert result.stderr.splitlines()[-1] == (
+        "[entrypoint] error: cannot run no-such-command-here: No such file or directory"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_started_without_root_runs_migration_and_command_directly(
@@ -547,3 +592,30 @@ def test_dockerfile_copies_existing_files_and_keeps_alembic_next_to_the_package(
     assert any(words[:2] == ["WORKDIR", "/app"] for words in instructions)
     assert "-e '.[postgres]'" in DOCKERFILE.read_text()
     assert "/health" in DOCKERFILE.read_text()
+
+
+def test_tini_is_pid_1_and_passes_signals_to_the_whole_process_group() -> None:
+    (entrypoint,) = [
+        line for line in DOCKERFILE.read_text().splitlines() if line.startswith("ENTRYPOINT")
+    ]
+    assert json.loads(entrypoint.removeprefix("ENTRYPOINT")) == [
+        "/usr/bin/tini",
+        "-g",
+        "-e",
+        "143",
+        "--",
+        "/usr/local/bin/docker-entrypoint.sh",
+    ]
+
+
+def test_the_shell_scripts_pass_shellcheck() -> None:
+    """Skipped locally without shellcheck; a failure under CI=true, which installs it."""
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        message = "shellcheck is not installed (apt-get install shellcheck)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    scripts = sorted(str(path) for path in (REPO_ROOT / "docker").glob("*.sh"))
+    checked = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
+    assert scripts and checked.returncode == 0, checked.stdout + checked.stderr

@@ -1,154 +1,43 @@
-"""The start-up fast check gives Alembic's answer, or none at all.
+"""The start-up fast check trusts the manifest's head, and nothing it cannot confirm.
 
-`app.migration.at_head` reads revision files with `ast` and the database read-only.
-These tests hold it to three promises: its heads are `ScriptDirectory.get_heads()`
-for every history shape it accepts; it says "at head" only when the full
-upgrade would find nothing to do (never from a stale view); and it stays on the
-standard library, so `python -m app.migration.at_head` never imports SQLAlchemy.
+`app.migration.at_head` says "at head" only when `migrations/manifest.txt` lists
+exactly the revision files on disk (names and checksums) and the database is
+stamped with its head; anything else falls through to `alembic upgrade head`.
+These tests hold it to that: its head is Alembic's, a stale, missing or extra
+revision file or a manifest that does not match gives no answer, "at head"
+means the full upgrade finds nothing to do, its SQLite path never imports
+SQLAlchemy, and the service's in-process use works on PostgreSQL.
 """
 
-import fcntl
+import hashlib
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from alembic.script import ScriptDirectory
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
 
 from app.config import DATABASE_FILE_NAME, ConfigError, ensure_data_dir, load_settings
+from app.main import prepare_database
 from app.migration.at_head import (
-    VERSIONS_DIR,
+    at_vouched_head,
     database_at_head,
-    revision_heads,
     settings_acceptable,
     sqlite_database_path,
+    vouched_head,
 )
-from app.migration.guarded_run import upgrade_database
+from app.migration.errors import MigrationLockTimeoutError
+from app.migration.guarded_run import database_revision, upgrade_database
+from app.migration.locking import POSTGRES_LOCK_KEY
+from app.migration.manifest import MIGRATIONS_DIR, manifest_path
 from app.migration.revisions import script_directory
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, settings_for
 
-HEADER = "from collections.abc import Sequence\n\n"
-
-
-def write_revisions(root: Path, revisions: dict[str, str]) -> Path:
-    versions = root / "migrations" / "versions"
-    versions.mkdir(parents=True)
-    for name, body in revisions.items():
-        (versions / f"{name}.py").write_text(HEADER + textwrap.dedent(body))
-    return versions
-
-
-def alembic_heads(versions: Path) -> set[str]:
-    return set(ScriptDirectory(str(versions.parent)).get_heads())
-
-
-def rev(revision: str, down: str = "None", extra: str = "") -> str:
-    return f'revision = "{revision}"\ndown_revision = {down}\n{extra}\n'
-
-
-HISTORIES = {
-    "linear": {"a": rev("a"), "b": rev("b", '"a"'), "c": rev("c", '"b"')},
-    "two branches": {"a": rev("a"), "b": rev("b", '"a"'), "c": rev("c", '"a"')},
-    "merge": {
-        "a": rev("a"),
-        "b": rev("b", '"a"'),
-        "c": rev("c", '"a"'),
-        "d": rev("d", '("b", "c")'),
-    },
-    "depends_on across branches": {
-        "a": rev("a"),
-        "b": rev("b", '"a"'),
-        "c": rev("c", '"a"', 'branch_labels = ("other",)'),
-        "d": rev("d", '"b"', 'depends_on = "c"'),
-    },
-    "branch labels": {
-        "a": rev("a", extra='branch_labels: str | Sequence[str] | None = ("main", "core")'),
-        "b": rev("b", '"a"', 'branch_labels = "feature"'),
-    },
-    "annotated, multi-line, list and one-element tuple": {
-        "a": rev("a"),
-        "b": 'revision: str = "b"\ndown_revision: str | Sequence[str] | None = ("a",)\n',
-        "c": 'revision: str = "c"\ndown_revision: str | Sequence[str] | None = ["a"]\n',
-        "d": textwrap.dedent(
-            """\
-            revision: str = 'd'
-            down_revision: str | Sequence[str] | None = (
-                "b",  # first parent
-                "c",
-            )
-            branch_labels: str | Sequence[str] | None = None
-            depends_on: str | Sequence[str] | None = None
-
-
-            def upgrade() -> None:
-                '''revision and down_revision are only mentioned in strings here.'''
-                print("revision")
-            """
-        ),
-    },
-}
-
-
-@pytest.mark.parametrize("history", HISTORIES.values(), ids=HISTORIES.keys())
-def test_heads_match_alembic(tmp_path: Path, history: dict[str, str]) -> None:
-    versions = write_revisions(tmp_path, history)
-    assert revision_heads(versions) == alembic_heads(versions)
-
-
-def test_heads_of_the_project_match_alembic() -> None:
-    assert revision_heads(VERSIONS_DIR) == set(script_directory().get_heads())
-    assert Path(script_directory().versions) == VERSIONS_DIR
-
-
-def test_alembic_ini_keeps_the_layout_the_check_reads() -> None:
-    """Other version locations or sourceless files would be revisions the check never sees."""
-    ini = (REPO_ROOT / "alembic.ini").read_text()
-    for option in ("version_locations", "recursive_version_locations", "sourceless"):
-        assert option not in ini
-
-
-UNSURE = {
-    "non-literal down_revision": {"a": rev("a"), "b": 'PARENT = "a"\n' + rev("b", "PARENT")},
-    "revision bound twice": {"a": rev("a") + 'revision = "z"\n'},
-    "revision rebound in a function": {
-        "a": rev("a") + "def f():\n    global revision\n    revision = 'z'\nf()\n"
-    },
-    "globals() write": {"a": rev("a") + 'globals()["revision"] = "z"\n'},
-    "star import": {"a": rev("a") + "from os.path import *\n"},
-    "revision imported": {"a": "from somewhere import revision\ndown_revision = None\n"},
-    "revision in an if": {"a": 'if True:\n    revision = "a"\ndown_revision = None\n'},
-    "missing down_revision": {"a": 'revision = "a"\n'},
-    "syntax error": {"a": rev("a"), "b": rev("b", '"a"') + "def (:\n"},
-    "unknown parent": {"a": rev("a"), "b": rev("b", '"zzz"')},
-    "parent given by branch label": {
-        "a": rev("a", extra='branch_labels = "main"'),
-        "b": rev("b", '"main"'),
-    },
-    "duplicate revision id": {"a": rev("a"), "a2": rev("a")},
-    "dependency cycle": {
-        "a": rev("a", extra='depends_on = "b"'),
-        "b": rev("b", '"a"'),
-    },
-    "label clashes with a revision": {"a": rev("a"), "b": rev("b", '"a"', 'branch_labels = "a"')},
-}
-
-
-@pytest.mark.parametrize("history", UNSURE.values(), ids=UNSURE.keys())
-def test_unsure_histories_give_no_answer(tmp_path: Path, history: dict[str, str]) -> None:
-    assert revision_heads(write_revisions(tmp_path, history)) is None
-
-
-def test_files_alembic_skips_are_skipped(tmp_path: Path) -> None:
-    versions = write_revisions(tmp_path, {"a": rev("a"), "b": rev("b", '"a"')})
-    (versions / "__init__.py").write_text("x = (\n")
-    (versions / ".#b.py").write_text("x = (\n")
-    (versions / "notes.txt").write_text("revision = 1\n")
-    (versions / "__pycache__").mkdir()
-    assert revision_heads(versions) == alembic_heads(versions) == {"b"}
+BASELINE = "5cb5dab892ec"
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +60,20 @@ def data_dir(tmp_path: Path, database_at_project_head: Path) -> Path:
 
 
 @pytest.fixture
-def versions(tmp_path: Path) -> Path:
-    return Path(shutil.copytree(VERSIONS_DIR, tmp_path / "versions"))
+def migrations(tmp_path: Path) -> Path:
+    """A copy of migrations/ (manifest and revision files) to change."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    return Path(shutil.copytree(MIGRATIONS_DIR, tmp_path / "migrations", ignore=ignore))
 
 
 def project_head() -> str:
     (head,) = script_directory().get_heads()
     return head
+
+
+def revision_file(migrations: Path, revision: str) -> Path:
+    (path,) = (migrations / "versions").glob(f"*-{revision}_*.py")
+    return path
 
 
 def execute(database: Path, *statements: str) -> None:
@@ -189,39 +85,126 @@ def execute(database: Path, *statements: str) -> None:
         connection.close()
 
 
-def test_database_at_head_is_recognised(data_dir: Path) -> None:
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_manifests_head_is_alembics_single_head() -> None:
+    assert vouched_head() == project_head()
+    assert Path(script_directory().versions) == MIGRATIONS_DIR / "versions"
+
+
+def test_alembic_ini_keeps_the_layout_the_check_reads() -> None:
+    """Other version locations or sourceless files would be revisions the check never sees."""
+    ini = (REPO_ROOT / "alembic.ini").read_text()
+    for option in ("version_locations", "recursive_version_locations", "sourceless"):
+        assert option not in ini
+
+
+def add_revision_after_head(migrations: Path) -> None:
+    (migrations / "versions" / "2099_01_01_0000-ffff00000001_next.py").write_text(
+        f'revision = "ffff00000001"\ndown_revision = "{project_head()}"\n'
+    )
+
+
+def remove_a_listed_file(migrations: Path) -> None:
+    revision_file(migrations, project_head()).unlink()
+
+
+def edit_a_listed_file(migrations: Path) -> None:
+    with revision_file(migrations, BASELINE).open("a") as handle:
+        handle.write("\n# edited after the manifest was written\n")
+
+
+def rename_a_listed_file(migrations: Path) -> None:
+    path = revision_file(migrations, BASELINE)
+    path.rename(path.with_name(f"renamed-{path.name}"))
+
+
+def remove_the_manifest(migrations: Path) -> None:
+    manifest_path(migrations).unlink()
+
+
+def rewrite_manifest(old: str, new: str):
+    def rewrite(migrations: Path) -> None:
+        path = manifest_path(migrations)
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+
+    return rewrite
+
+
+STALE = {
+    "revision file added after head": add_revision_after_head,
+    "listed file removed": remove_a_listed_file,
+    "listed file edited": edit_a_listed_file,
+    "listed file renamed": rename_a_listed_file,
+    "no manifest": remove_the_manifest,
+    "manifest names another head": rewrite_manifest(f"head {project_head()}", f"head {BASELINE}0"),
+    "manifest without a head": rewrite_manifest(f"head {project_head()}\n", ""),
+    "manifest line it cannot read": rewrite_manifest("\nhead ", "\nbogus line\nhead "),
+    "manifest lists a file that is not there": rewrite_manifest(
+        "\nhead ", "\ndraft ffff00000009 " + "0" * 64 + " 2099_01_01_0000-ffff00000009_x.py\nhead "
+    ),
+    "manifest not UTF-8": lambda migrations: manifest_path(migrations).write_bytes(b"\xff\xfe"),
+}
+
+
+@pytest.mark.parametrize("change", STALE.values(), ids=STALE.keys())
+def test_a_manifest_that_does_not_match_the_files_gives_no_answer(
+    data_dir: Path, migrations: Path, change
+) -> None:
+    env = {"DATA_DIR": str(data_dir)}
+    assert database_at_head(env, migrations) == project_head()
+    change(migrations)
+    assert vouched_head(migrations) is None
+    assert database_at_head(env, migrations) is None
+    assert not at_vouched_head([project_head()], migrations)
+
+
+def test_files_alembic_skips_are_skipped(data_dir: Path, migrations: Path) -> None:
+    versions = migrations / "versions"
+    (versions / "__init__.py").write_text("x = (\n")
+    (versions / ".#b.py").write_text("x = (\n")
+    (versions / "notes.txt").write_text("revision = 1\n")
+    (versions / "__pycache__").mkdir()
+    (versions / "folder.py").mkdir()
+    assert database_at_head({"DATA_DIR": str(data_dir)}, migrations) == project_head()
+
+
+def test_at_head_means_the_full_upgrade_finds_nothing_to_do(data_dir: Path) -> None:
+    database = data_dir / DATABASE_FILE_NAME
+    before = digest(database)
     assert database_at_head({"DATA_DIR": str(data_dir)}) == project_head()
 
+    upgrade_database(load_settings({"DATA_DIR": str(data_dir)}))
 
-def test_a_new_revision_is_seen_at_once(data_dir: Path, versions: Path) -> None:
-    env = {"DATA_DIR": str(data_dir)}
-    assert database_at_head(env, versions) == project_head()
-    (versions / "2099_01_01_0000-ffff00000001_next.py").write_text(
-        rev("ffff00000001", f'"{project_head()}"')
-    )
-    assert database_at_head(env, versions) is None
+    assert digest(database) == before
+    assert not (data_dir / "backups").exists()
 
 
-def test_two_heads_are_left_to_the_full_path(data_dir: Path, versions: Path) -> None:
-    """`upgrade head` refuses several heads; the check must not call that "up to date"."""
-    for name in ("ffff00000002", "ffff00000003"):
-        (versions / f"{name}.py").write_text(rev(name, f'"{project_head()}"'))
-    execute(
-        data_dir / DATABASE_FILE_NAME,
-        "UPDATE alembic_version SET version_num = 'ffff00000002'",
-        "INSERT INTO alembic_version VALUES ('ffff00000003')",
-    )
-    assert database_at_head({"DATA_DIR": str(data_dir)}, versions) is None
+def test_not_at_head_means_the_full_upgrade_has_work(tmp_path: Path) -> None:
+    settings = load_settings({"DATA_DIR": str(tmp_path)})
+    upgrade_database(settings, BASELINE)
+    database = tmp_path / DATABASE_FILE_NAME
+    before = digest(database)
+    assert database_at_head({"DATA_DIR": str(tmp_path)}) is None
+
+    upgrade_database(settings)
+
+    assert digest(database) != before
+    assert database_at_head({"DATA_DIR": str(tmp_path)}) == project_head()
 
 
 @pytest.mark.parametrize(
     "statement",
     [
-        "UPDATE alembic_version SET version_num = '5cb5dab892ec'",
+        f"UPDATE alembic_version SET version_num = '{BASELINE}'",
         "UPDATE alembic_version SET version_num = 'fedcba987654'",
         "DELETE FROM alembic_version",
         "DROP TABLE alembic_version",
-        "INSERT INTO alembic_version VALUES ('5cb5dab892ec')",
+        f"INSERT INTO alembic_version VALUES ('{BASELINE}')",
     ],
     ids=["pending", "newer than the code", "empty", "unversioned", "two rows"],
 )
@@ -241,6 +224,8 @@ def test_dangling_foreign_keys_are_left_to_the_full_path(data_dir: Path) -> None
 
 
 def test_a_running_upgrade_is_waited_for_by_the_full_path(data_dir: Path) -> None:
+    import fcntl
+
     lock = os.open(data_dir / f"{DATABASE_FILE_NAME}.migration-lock", os.O_RDWR)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -327,9 +312,39 @@ def test_default_database_path(tmp_path: Path) -> None:
     assert sqlite_database_path({"DATA_DIR": str(tmp_path), "DATABASE_URL": "  "}) == expected
 
 
-def test_postgres_is_left_to_the_full_path(data_dir: Path) -> None:
+def test_the_separate_check_leaves_postgres_to_the_full_path(data_dir: Path) -> None:
     env = {"DATA_DIR": str(data_dir), "DATABASE_URL": "postgresql://postgres@localhost/test"}
     assert database_at_head(env) is None
+
+
+def hold_the_upgrade_lock(url: URL) -> sa.Connection:
+    """A session holding the PostgreSQL upgrade lock, as a running upgrade does."""
+    connection = sa.create_engine(url, poolclass=sa.pool.NullPool).connect()
+    connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": POSTGRES_LOCK_KEY})
+    return connection
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_service_checks_in_process_and_upgrades_only_when_needed(
+    postgres_url: URL, tmp_path: Path
+) -> None:
+    """At head the service serves without taking the upgrade lock; otherwise it upgrades.
+
+    The lock is held elsewhere with a 1 s timeout: only a run that upgrades waits for it.
+    """
+    settings = settings_for(postgres_url, tmp_path / "data", DB_MIGRATION_LOCK_TIMEOUT="1")
+    upgrade_database(settings)
+    assert at_vouched_head(database_revision(settings))
+    holder = hold_the_upgrade_lock(postgres_url)
+    try:
+        assert prepare_database(settings) == project_head()
+        with sa.create_engine(postgres_url, poolclass=sa.pool.NullPool).begin() as connection:
+            connection.execute(sa.text(f"UPDATE alembic_version SET version_num = '{BASELINE}'"))
+        assert not at_vouched_head(database_revision(settings))
+        with pytest.raises(MigrationLockTimeoutError):
+            prepare_database(settings)
+    finally:
+        holder.close()
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:

@@ -16,10 +16,8 @@ to be a history of, and `alembic downgrade base` leaves only Alembic's own
 pytest-alembic's `test_downgrade_leaves_no_trace` checks).
 """
 
-import hashlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +25,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 from app import app_version
+from app.migration.manifest import file_checksum
 
 HISTORY_TABLE = "anibridge_migration_history"
 
@@ -56,10 +55,6 @@ class HistoryRow:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def file_checksum(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def revision_checksum(script: ScriptDirectory, revision: str) -> str | None:

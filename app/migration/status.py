@@ -37,10 +37,10 @@ from app.migration.errors import UnknownSchemaError
 from app.migration.journal import (
     COMPARE_OPTIONS,
     HistoryRow,
-    file_checksum,
     read_history,
 )
 from app.migration.locking import upgrade_running
+from app.migration.manifest import file_checksum
 from app.migration.revisions import (
     current_heads,
     migration_context,

@@ -1,9 +1,11 @@
 """The manifest of revision files, `migrations/manifest.txt`, like Atlas's `atlas.sum`.
 
 Each revision is listed with the SHA-256 of its file, in chain order, and the
-last line names the single head. Two branches that each add a revision both
-rewrite that last line, so git reports a conflict before the merge could
-produce two heads (the idea of django-linear-migrations' `max_migration.txt`).
+last line names the single head (the format and its one reader are in
+`app.migration.manifest`, which the start-up check uses too). Two branches
+that each add a revision both rewrite that last line, so git reports a
+conflict before the merge could produce two heads (the idea of
+django-linear-migrations' `max_migration.txt`).
 
 A revision starts as `draft`: while it is being written, `update` re-sums it.
 `release` freezes every draft when a release is cut; from then on a changed
@@ -18,72 +20,24 @@ alembic.ini's post-write hook runs `hook FILE` (an update) after every
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
 
-from app.migration.journal import file_checksum
-
-MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
-MANIFEST_NAME = "manifest.txt"
-UPDATE_COMMAND = "python -m app.migration.authoring.manifest"
-HEADER = (
-    "# SHA-256 of every revision file, in chain order; the last line names the single head.\n"
-    f'# Written by `{UPDATE_COMMAND}`; see docs/migrations.md, "The manifest".\n'
+from app.migration.manifest import (
+    MIGRATIONS_DIR,
+    UPDATE_COMMAND,
+    Entry,
+    Manifest,
+    ManifestError,
+    file_checksum,
+    manifest_path,
+    read_manifest,
 )
 
-
-class ManifestError(Exception):
-    """The manifest cannot be updated as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    status: str
-    revision: str
-    checksum: str
-    file_name: str
-
-    def line(self) -> str:
-        return f"{self.status} {self.revision} {self.checksum} {self.file_name}"
-
-
-@dataclass
-class Manifest:
-    entries: dict[str, Entry] = field(default_factory=dict)
-    amendments: list[str] = field(default_factory=list)
-    head: str | None = None
-
-    def text(self) -> str:
-        lines = [entry.line() for entry in self.entries.values()]
-        lines += self.amendments
-        lines.append(f"head {self.head}")
-        return HEADER + "\n".join(lines) + "\n"
-
-
-def manifest_path(migrations_dir: Path = MIGRATIONS_DIR) -> Path:
-    return migrations_dir / MANIFEST_NAME
-
-
-def read_manifest(path: Path) -> Manifest:
-    manifest = Manifest()
-    if not path.exists():
-        return manifest
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        words = line.split(" ")
-        if not line.strip() or line.startswith("#"):
-            continue
-        if words[0] in ("released", "draft") and len(words) == 4:
-            manifest.entries[words[1]] = Entry(*words)
-        elif words[0] == "amended":
-            manifest.amendments.append(line)
-        elif words[0] == "head" and len(words) == 2:
-            manifest.head = words[1]
-        else:
-            raise ManifestError(f"{path}:{number}: cannot read {line!r}")
-    return manifest
+__all__ = ["Entry", "Manifest", "ManifestError", "manifest_path", "read_manifest"]
 
 
 def revisions_in_order(migrations_dir: Path) -> list:
