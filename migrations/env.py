@@ -3,9 +3,10 @@
 A connection handed in through `config.attributes["connection"]` (the
 in-process upgrade, pytest-alembic) is used as it is given; otherwise one is
 opened from the settings. Runs that move the database (upgrade, downgrade,
-stamp) go through `app.migration.guarded_run.guarded_migrations` (lock, single
-transaction, newer-database refusal, legacy adoption, backup); runs that only
-read (current, check, history) take no lock and write nothing.
+stamp) call the protections of `app.migration.guarded_run` in the order read
+below (lock, single transaction, newer-database refusal, legacy adoption,
+backup, foreign-key check); runs that only read (current, check, history) take
+no lock and write nothing.
 """
 
 from logging.config import fileConfig
@@ -20,8 +21,9 @@ from app.migration.connection import (
     settings_for_handed_in,
 )
 from app.migration.errors import MigrationError
-from app.migration.guarded_run import guarded_migrations, read_only_run, writes_to_database
+from app.migration.guarded_run import protections, writes_to_database
 from app.migration.journal import COMPARE_OPTIONS
+from app.migration.revisions import refuse_unknown_revisions
 
 config = context.config
 
@@ -93,17 +95,39 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    """Run the migrations on a connection, inside the protections a run that writes needs."""
+    """Run the migrations on the handed-in connection, or on one opened from the settings."""
     writes = writes_to_database(context)
     with opened_connection(read_only=not writes) as connection:
         if writes:
-            run = guarded_migrations(
-                context, connection, run_settings(connection), **CONFIGURE_OPTIONS
-            )
+            run_writing(connection)
         else:
-            run = read_only_run(context, connection, **CONFIGURE_OPTIONS)
-        with run:
-            context.run_migrations()
+            run_reading(connection)
+
+
+def run_reading(connection) -> None:
+    """current, check, history: nothing written, no lock taken.
+
+    `dont_mutate`, as `alembic current` itself passes: `alembic check` must not
+    create alembic_version on a read-only connection. A revision this code does
+    not know is named as the upgrade names it.
+    """
+    context.configure(connection=connection, dont_mutate=True, **CONFIGURE_OPTIONS)
+    refuse_unknown_revisions(context.script, connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_writing(connection) -> None:
+    """upgrade, downgrade, stamp: each protection in its place (app.migration.guarded_run)."""
+    with protections(context, connection, run_settings(connection)) as run:
+        context.configure(connection=connection, on_version_apply=run.clock, **CONFIGURE_OPTIONS)
+        with context.begin_transaction():
+            run.take_postgres_lock()
+            run.refuse_newer_database()
+            run.adopt_and_back_up()
+            with run.revisions_running():
+                context.run_migrations()
+            run.check_foreign_keys()
 
 
 if context.is_offline_mode():

@@ -1,23 +1,29 @@
-"""The safe upgrade: what `migrations/env.py` wraps around every online run.
+"""The safe upgrade: the protections env.py calls around every online run that writes.
 
 Runs that only read (`alembic current`, `check`, `history`) take none of this:
 `writes_to_database` tells them apart, and env.py runs them on a read-only
-connection. For the others, `guarded_migrations` turns Alembic's plain run into:
+connection with `dont_mutate`. For the others env.py reads as Alembic's own
+template (configure, begin a transaction, run), with each protection a call:
 
-1. the upgrade lock (concurrent starters queue, then find nothing to do);
-2. one transaction around everything (all or nothing, on SQLite too): a
-   SQLite connection built elsewhere gets the migration settings for the run
-   (app.migration.connection.migration_settings) and its own back afterwards;
-3. a refusal when the database is at a revision this code does not know;
-4. adoption of unversioned databases when the run goes up and, on SQLite, a
-   backup before the first change (a downgrade, which may drop tables and
-   their rows, is backed up too);
-5. on SQLite, the user's views and triggers set aside while revisions run
-   (a batch-mode table rebuild fails on them otherwise; see app.migration.views_and_triggers);
-6. after the revisions ran: a foreign-key check on SQLite, then commit; only
-   then are the revisions logged as applied and old backups pruned;
-7. any failure becomes one line that says the run was rolled back and names
-   the backup holding the database as it was before.
+1. `protections`, around it all: the upgrade lock (concurrent starters queue,
+   then find nothing to do), any failure as one line that says the run was
+   rolled back and names the backup, and on SQLite the migration settings for
+   the run's connection, whoever built it (app.migration.connection.migration_settings:
+   one transaction with `BEGIN IMMEDIATE`, foreign keys off, its own settings
+   back afterwards);
+2. Alembic's `begin_transaction`: everything below is one transaction, on
+   SQLite too (a caller's open transaction is joined as it is);
+3. `take_postgres_lock`: PostgreSQL's advisory lock, held by that transaction;
+4. `refuse_newer_database`: a revision this code does not know stops the run;
+5. `adopt_and_back_up`: adoption of an unversioned database when the run goes
+   up and, on SQLite, a backup before the first change (a downgrade, which may
+   drop tables and their rows, is backed up too);
+6. `revisions_running`: on SQLite the user's views and triggers set aside while
+   revisions run (a batch-mode table rebuild fails on them otherwise; see
+   app.migration.views_and_triggers), and a heartbeat in the log;
+7. `check_foreign_keys`: on SQLite, no dangling reference is committed;
+8. after the commit, `protections` logs the revisions as applied and prunes
+   old backups.
 
 The questions about the revision graph (the plan, unknown revisions) live in
 app.migration.revisions. Alembic calls one `StepClock` after each step; it
@@ -34,7 +40,6 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.runtime.environment import EnvironmentContext
@@ -84,11 +89,6 @@ def writes_to_database(env: EnvironmentContext) -> bool:
     return True
 
 
-def own_transaction(connection: Connection) -> AbstractContextManager:
-    """Begin the transaction, unless the caller handed in a connection already inside one."""
-    return nullcontext() if connection.in_transaction() else connection.begin()
-
-
 @dataclass
 class Attempt:
     """What one run has found so far: the database's versions, the backup taken, if any."""
@@ -97,53 +97,69 @@ class Attempt:
     current: tuple[str, ...] = ()
 
 
-@contextmanager
-def read_only_run(
-    env: EnvironmentContext, connection: Connection, **options: Any
-) -> Iterator[None]:
-    """Configure `env` for a run that only reads: no lock, nothing written, no waiting.
+class GuardedRun:
+    """The protections of one writing run, each a step env.py calls in the order listed above."""
 
-    `dont_mutate` is what `alembic current` passes Alembic: without it `alembic
-    check` on an unversioned database would try to create alembic_version on the
-    read-only connection. A revision this release does not know is reported as
-    the writing runs report it: Alembic's own commands could only say they
-    cannot locate it.
+    def __init__(self, env: EnvironmentContext, connection: Connection, settings: Settings):
+        self.env, self.connection, self.settings = env, connection, settings
+        self.attempt = Attempt()
+        self.plan = RunPlan((), "none", ())
+        self.revision_log = RevisionLog()
+        self.clock = StepClock()
+        self.heartbeat = RevisionHeartbeat(self.clock)
+        self.clock.listeners = (self.revision_log, HistoryRecorder(env.script), self.heartbeat)
+
+    def take_postgres_lock(self) -> None:
+        """Queue behind another PostgreSQL upgrade (inside the transaction); nothing on SQLite."""
+        take_postgres_upgrade_lock(self.connection, self.settings.migration_lock_timeout)
+
+    def refuse_newer_database(self) -> None:
+        self.attempt.current = refuse_unknown_revisions(self.env.script, self.connection)
+
+    def adopt_and_back_up(self) -> None:
+        """Plan the run; adopt an unversioned database and back up before anything changes."""
+        plan = plan_run(self.env.script, self.attempt.current, self.env.get_revision_argument())
+        self.plan = prepare_run(self.env.script, self.connection, plan, self.settings, self.attempt)
+
+    @contextmanager
+    def revisions_running(self) -> Iterator[None]:
+        """Views and triggers set aside (SQLite) and a heartbeat while the revisions run."""
+        set_aside = nullcontext()
+        if self.plan.revisions:
+            set_aside = views_and_triggers_set_aside(self.connection)
+        with set_aside, self.heartbeat.running_revisions(self.plan.revisions):
+            yield
+
+    def check_foreign_keys(self) -> None:
+        if self.connection.dialect.name == "sqlite":
+            require_foreign_keys_intact(self.connection)
+
+    def after_commit(self) -> None:
+        """Log the revisions as applied and prune old backups, once nothing can roll back."""
+        self.revision_log.report()
+        if self.attempt.backup is not None:
+            prune_backups(
+                self.attempt.backup.parent, sqlite_file(self.connection), self.settings.backup_keep
+            )
+
+
+@contextmanager
+def protections(
+    env: EnvironmentContext, connection: Connection, settings: Settings
+) -> Iterator[GuardedRun]:
+    """Around a writing run: the upgrade lock, one-line failures, SQLite's migration settings.
+
+    The block configures Alembic and runs the revisions in Alembic's transaction
+    (env.py); once that has committed, the run is logged and old backups pruned.
     """
-    env.configure(connection=connection, dont_mutate=True, **options)
-    refuse_unknown_revisions(env.script, connection)
-    yield
-
-
-@contextmanager
-def guarded_migrations(
-    env: EnvironmentContext, connection: Connection, settings: Settings, **options: Any
-) -> Iterator[None]:
-    """Configure `env` on `connection` and wrap its run in the protections listed above."""
+    run = GuardedRun(env, connection, settings)
     timeout = settings.migration_lock_timeout
-    attempt = Attempt()
-    revision_log, history = RevisionLog(), HistoryRecorder(env.script)
-    clock = StepClock()
-    heartbeat = RevisionHeartbeat(clock)
-    clock.listeners = (revision_log, history, heartbeat)
-    with upgrade_lock(connection, timeout), failures_explained(env, connection, attempt):
+    with upgrade_lock(connection, timeout), failures_explained(env, connection, run.attempt):
         if connection.dialect.name == "sqlite":
             probe(connection)
-        with migration_settings(connection), own_transaction(connection):
-            take_postgres_upgrade_lock(connection, timeout)
-            env.configure(connection=connection, on_version_apply=clock, **options)
-            attempt.current = refuse_unknown_revisions(env.script, connection)
-            plan = plan_run(env.script, attempt.current, env.get_revision_argument())
-            plan = prepare_run(env.script, connection, plan, settings, attempt)
-            set_aside = (
-                views_and_triggers_set_aside(connection) if plan.revisions else nullcontext()
-            )
-            with set_aside, heartbeat.running_revisions(plan.revisions):
-                yield
-            if connection.dialect.name == "sqlite":
-                require_foreign_keys_intact(connection)
-        revision_log.report()
-        if attempt.backup is not None:
-            prune_backups(attempt.backup.parent, sqlite_file(connection), settings.backup_keep)
+        with migration_settings(connection):
+            yield run
+        run.after_commit()
 
 
 @contextmanager
