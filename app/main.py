@@ -36,10 +36,23 @@ def prepare_database(settings: Settings) -> str | None:
     costs one read (the container's start-up step leaves it to the service).
     """
     if not settings.migrate_on_startup:
-        require_database_at_head(settings)
-    elif settings.is_sqlite or not at_vouched_head(database_revision(settings)):
-        upgrade_database(settings)
-    return ", ".join(database_revision(settings)) or None
+        revision = require_database_at_head(settings)
+    else:
+        revision = revision_after_upgrade(settings)
+    return ", ".join(revision) or None
+
+
+def revision_after_upgrade(settings: Settings) -> tuple[str, ...]:
+    """Upgrade, unless PostgreSQL is already at the head the manifest vouches for.
+
+    The revision is read again only when the upgrade ran.
+    """
+    if not settings.is_sqlite:
+        current = database_revision(settings)
+        if at_vouched_head(current):
+            return current
+    upgrade_database(settings)
+    return database_revision(settings)
 
 
 @contextmanager

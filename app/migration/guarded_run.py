@@ -305,8 +305,8 @@ def known_database_revision(settings: Settings, script: ScriptDirectory) -> tupl
         return refuse_unknown_revisions(script, connection)
 
 
-def require_database_at_head(settings: Settings) -> None:
-    """For DB_MIGRATE_ON_STARTUP=false: refuse to serve a database not at head."""
+def require_database_at_head(settings: Settings) -> tuple[str, ...]:
+    """For DB_MIGRATE_ON_STARTUP=false: the database's revisions, refused when not at head."""
     script = script_directory()
     current = known_database_revision(settings, script)
     heads = set(script.get_heads())
@@ -316,3 +316,4 @@ def require_database_at_head(settings: Settings) -> None:
             f"needs {', '.join(sorted(heads))}; run `alembic upgrade head` (or start with "
             "DB_MIGRATE_ON_STARTUP=true)"
         )
+    return current

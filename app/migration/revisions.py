@@ -121,9 +121,11 @@ def newer_database_message(unknown: list[str], applied: HistoryRow | None = None
     )
 
 
-def newer_database_refusal(script: ScriptDirectory, connection: Connection) -> str | None:
-    """The refusal for a database at a revision this release does not know; None if it knows all."""
-    unknown = unknown_revisions(script, current_heads(connection))
+def newer_database_refusal(
+    script: ScriptDirectory, connection: Connection, heads: tuple[str, ...]
+) -> str | None:
+    """The refusal for a database at `heads` when this release does not know one; else None."""
+    unknown = unknown_revisions(script, heads)
     if not unknown:
         return None
     return newer_database_message(unknown, release_that_applied(connection, unknown[0]))
@@ -131,10 +133,11 @@ def newer_database_refusal(script: ScriptDirectory, connection: Connection) -> s
 
 def refuse_unknown_revisions(script: ScriptDirectory, connection: Connection) -> tuple[str, ...]:
     """The database's current revisions, unless this release does not know one of them."""
-    refusal = newer_database_refusal(script, connection)
+    heads = current_heads(connection)
+    refusal = newer_database_refusal(script, connection, heads)
     if refusal is not None:
         raise DatabaseNewerThanCodeError(refusal)
-    return current_heads(connection)
+    return heads
 
 
 def refuse_overlapping_versions(script: ScriptDirectory, heads: tuple[str, ...]) -> None:

@@ -29,8 +29,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData
 
 from app.config import Settings
-from app.migration.adoption.adopt import recognise_unversioned_database
-from app.migration.adoption.schema_shape import app_tables, describe_difference, flatten
+from app.migration.adoption.adopt import has_unversioned_app_tables, recognise_unversioned_database
+from app.migration.adoption.schema_shape import describe_difference, flatten
 from app.migration.backup import list_backups, read_backup_name
 from app.migration.connection import connect_for_migrations
 from app.migration.errors import UnknownSchemaError
@@ -105,12 +105,12 @@ def fill_state(
     target_metadata: MetaData | None,
 ) -> None:
     """The verdict the upgrade would reach, decided by the code the upgrade runs."""
-    refusal = newer_database_refusal(script, connection)
+    refusal = newer_database_refusal(script, connection, current)
     if refusal is not None:
         status.state, status.message = "newer", refusal
         return
     status.pending = list(plan_run(script, current, "heads").revisions)
-    if not current and app_tables(connection):
+    if has_unversioned_app_tables(connection, current):
         status.state, status.message = adoption_verdict(connection, script)
     elif not current:
         status.state = "empty"
