@@ -32,7 +32,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from app.config import DATABASE_FILE_NAME, ConfigError, parse_options
+from app.config import DATABASE_FILE_NAME, SQLITE_DRIVERS, ConfigError, parse_options
 from app.migration.manifest import (
     MIGRATIONS_DIR,
     ManifestError,
@@ -47,7 +47,7 @@ from app.migration.sqlite_files import (
     read_only_uri,
 )
 
-PLAIN_SQLITE_URL = r"sqlite(?:\+pysqlite)?:///([^?#%:@]+)"
+PLAIN_SQLITE_URL = rf"(?:{'|'.join(map(re.escape, SQLITE_DRIVERS))}):///([^?#%:@]+)"
 
 
 def vouched_head(migrations_dir: Path = MIGRATIONS_DIR) -> str | None:

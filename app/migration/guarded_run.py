@@ -35,7 +35,6 @@ run the same env.py.
 """
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -119,7 +118,9 @@ class GuardedRun:
     def adopt_and_back_up(self) -> None:
         """Plan the run; adopt an unversioned database and back up before anything changes."""
         plan = plan_run(self.env.script, self.attempt.current, self.env.get_revision_argument())
-        self.plan = prepare_run(self.env.script, self.connection, plan, self.settings, self.attempt)
+        self.plan = prepare_run(
+            self.env.script, self.connection, plan, self.settings, self.attempt, self.clock
+        )
 
     @contextmanager
     def revisions_running(self) -> Iterator[None]:
@@ -204,20 +205,22 @@ def prepare_run(
     plan: RunPlan,
     settings: Settings,
     attempt: Attempt,
+    clock: StepClock,
 ) -> RunPlan:
     """Adopt a legacy database, log the starting point, and back up if anything will change.
 
     An unversioned database is recognised before the backup: one that is refused
-    leaves no backup behind. The backup is noted in `attempt`. Returns the plan
-    left to run (without the baseline, when adoption stamped it).
+    leaves no backup behind. The backup is noted in `attempt`; the run's clock
+    times the adoption for its history row. Returns the plan left to run
+    (without the baseline, when adoption stamped it).
     """
     backup = None
     if plan.direction == "upgrade" and has_unversioned_app_tables(connection, plan.current):
-        started = time.perf_counter()
+        clock.restart()
         known = recognise_unversioned_database(connection, script)
         backup = backup_if_sqlite(connection, None, settings)
         adopted = adopt_legacy_database(connection, script, known)
-        record(connection, script, adopted, "adopt", time.perf_counter() - started)
+        record(connection, script, adopted, "adopt", clock.elapsed())
         plan = RunPlan((adopted,), plan.direction, plan.revisions[1:])
     elif plan.current and plan.revisions:
         backup = backup_if_sqlite(connection, plan.current[0], settings)

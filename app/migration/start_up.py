@@ -33,14 +33,20 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from app.config import DATABASE_FILE_NAME, ConfigError, parse_bool, parse_options
+from app.config import (
+    DATABASE_FILE_NAME,
+    POSTGRES_DRIVERS,
+    ConfigError,
+    parse_bool,
+    parse_options,
+)
 from app.logs import DATE_FORMAT
 from app.migration.at_head import database_at_head
 
 MAX_ID = 4294967294
 SERVICE_COMMANDS = ([], ["serve"])
 SKIPPING_COMMANDS = ("restore", "migrate")
-POSTGRES_URL_PREFIXES = ("postgresql://", "postgresql+psycopg://")
+POSTGRES_URL_PREFIXES = tuple(f"{driver}://" for driver in POSTGRES_DRIVERS)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOPPED_STATUS = 128 + signal.SIGTERM  # tini -e 143 reports it as 0: a stop is no failure
 USAGE = "usage: python -m app.migration.start_up ids | run COMMAND [ARGUMENT...]"
