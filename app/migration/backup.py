@@ -69,11 +69,11 @@ def backup_database(database: Path, backups_dir: Path, revision: str | None) -> 
     a successful migration (`prune_backups`), so a failing start removes none.
     """
     _remove_partials(backups_dir)
-    _require_free_space(database, backups_dir)
+    require_free_space(database, backups_dir)
     with _backup_folder(backups_dir):
         target = backups_dir / backup_name(database, revision, datetime.now(UTC))
         partial = target.with_name(target.name + PARTIAL_SUFFIX)
-        _copy_consistently(database, partial)
+        _copy_for_backup(database, partial)
         identical = _identical_backup(partial, backups_dir, database, revision)
         if identical is not None:
             partial.unlink()
@@ -130,10 +130,15 @@ def _remove_partials(backups_dir: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _require_free_space(database: Path, backups_dir: Path) -> None:
-    """Refuse before anything is written, the backup folder included, when the copy cannot fit."""
+def space_for_copy(database: Path, folder: Path) -> tuple[int, int]:
+    """(free bytes, bytes needed) for a copy of `database` in `folder`, which may not exist yet."""
     needed = int(database_size(database) * FREE_SPACE_MARGIN)
-    free = shutil.disk_usage(_nearest_existing(backups_dir)).free
+    return shutil.disk_usage(_nearest_existing(folder)).free, needed
+
+
+def require_free_space(database: Path, backups_dir: Path) -> None:
+    """Refuse before anything is written, the backup folder included, when the copy cannot fit."""
+    free, needed = space_for_copy(database, backups_dir)
     if free < needed:
         raise BackupError(
             f"not enough free space in {backups_dir} for a backup before changing the database "
@@ -155,14 +160,29 @@ def size_text(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
 
-def _copy_consistently(database: Path, target: Path) -> None:
+def _copy_for_backup(database: Path, target: Path) -> None:
+    try:
+        copy_consistently(database, target)
+    except (sqlite3.Error, OSError) as exc:
+        raise BackupError(
+            f"backup of {database} failed, nothing was changed: {exc}; check the backup folder "
+            f"{target.parent} (free space on the disk holding DATA_DIR, permissions), or set "
+            "DB_BACKUP_KEEP=0 to migrate without a backup"
+        ) from None
+
+
+def copy_consistently(database: Path, target: Path, *, durable: bool = True) -> None:
     """Copy `database` to `target` (mode 0600) while holding a read lock on it.
+
+    A `durable` copy (a backup) is flushed to disk before this returns; a
+    scratch copy (`anibridge plan`) need not wait for the disk.
 
     In WAL mode committed pages may still sit in the -wal file, so SQLite's
     backup API copies the logical database. In rollback-journal mode the file
     itself is the database, and a plain byte copy is about three times faster.
     That copy runs in a child process: opening and closing the database file in
     this process would drop the POSIX locks SQLite holds for the upgrade.
+    A failed copy is removed and its `sqlite3.Error` or `OSError` raised.
     """
     os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     uri = read_only_uri(database)
@@ -174,14 +194,11 @@ def _copy_consistently(database: Path, target: Path) -> None:
             _copy_pages(source, target)
         else:
             _copy_file_in_child(database, target)
-        fsync_file(target)
-    except (sqlite3.Error, OSError) as exc:
+        if durable:
+            fsync_file(target)
+    except (sqlite3.Error, OSError):
         target.unlink(missing_ok=True)
-        raise BackupError(
-            f"backup of {database} failed, nothing was changed: {exc}; check the backup folder "
-            f"{target.parent} (free space on the disk holding DATA_DIR, permissions), or set "
-            "DB_BACKUP_KEEP=0 to migrate without a backup"
-        ) from None
+        raise
     finally:
         source.close()
 

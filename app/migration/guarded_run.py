@@ -27,7 +27,9 @@ template (configure, begin a transaction, run), with each protection a call:
 
 The questions about the revision graph (the plan, unknown revisions) live in
 app.migration.revisions. Alembic calls one `StepClock` after each step; it
-times the step for the log, the history rows and the heartbeat.
+times the step for the log, the history rows and the heartbeat, and for any
+further listeners the caller hands in as `config.attributes["step_listeners"]`
+(`anibridge plan` watches a rehearsal that way: app.migration.rehearsal).
 
 `upgrade_database` is the in-process entry point used at start-up and by the
 `anibridge migrate` command; it hands its connection to Alembic so both paths
@@ -56,9 +58,9 @@ from app.migration.adoption.adopt import (
 from app.migration.backup import backup_database, prune_backups
 from app.migration.connection import connect_for_migrations, migration_settings, probe
 from app.migration.errors import MigrationError, describe_database_error
-from app.migration.journal import HistoryRecorder, record
+from app.migration.journal import HistoryRecorder
 from app.migration.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
-from app.migration.progress import RevisionHeartbeat, StepClock
+from app.migration.progress import Adoption, RevisionHeartbeat, StepClock
 from app.migration.revisions import (
     RunPlan,
     alembic_config,
@@ -106,7 +108,12 @@ class GuardedRun:
         self.revision_log = RevisionLog()
         self.clock = StepClock()
         self.heartbeat = RevisionHeartbeat(self.clock)
-        self.clock.listeners = (self.revision_log, HistoryRecorder(env.script), self.heartbeat)
+        self.clock.listeners = (
+            self.revision_log,
+            HistoryRecorder(env.script),
+            self.heartbeat,
+            *env.config.attributes.get("step_listeners", ()),
+        )
 
     def take_postgres_lock(self) -> None:
         """Queue behind another PostgreSQL upgrade (inside the transaction); nothing on SQLite."""
@@ -220,14 +227,23 @@ def prepare_run(
         known = recognise_unversioned_database(connection, script)
         backup = backup_if_sqlite(connection, None, settings)
         adopted = adopt_legacy_database(connection, script, known)
-        record(connection, script, adopted, "adopt", clock.elapsed())
+        schema = known.released.name if known.released else None
+        clock(adoption=Adoption(connection, adopted, known.description, schema))
         plan = RunPlan((adopted,), plan.direction, plan.revisions[1:])
-    elif plan.current and plan.revisions:
+    elif backs_up(plan.current, plan.revisions):
         backup = backup_if_sqlite(connection, plan.current[0], settings)
     if not plan.revisions:
         log.info("Database is up to date at revision %s", ", ".join(plan.current) or "base")
     attempt.backup = backup
     return plan
+
+
+def backs_up(current: tuple[str, ...], revisions: tuple[str, ...]) -> bool:
+    """Whether a versioned database is backed up first (an adopted one always is).
+
+    An empty database has nothing to lose; a run that changes nothing needs no copy.
+    """
+    return bool(current and revisions)
 
 
 def upgrade_lock(connection: Connection, timeout_s: float) -> AbstractContextManager:
@@ -280,7 +296,9 @@ class RevisionLog:
     def __init__(self) -> None:
         self.steps: list[tuple[str, str, float]] = []
 
-    def __call__(self, *, step, seconds: float, **_step) -> None:
+    def __call__(self, *, seconds: float, step=None, **_step) -> None:
+        if step is None:
+            return
         direction = "Applied" if step.is_upgrade else "Reverted"
         self.steps.append((direction, step.up_revision_id, seconds))
 

@@ -90,12 +90,15 @@ def record(
 
 
 class HistoryRecorder:
-    """A listener of the run's `StepClock`: one row per step, or no table once at base."""
+    """A listener of the run's `StepClock`: a row per step, adoption included; no table at base."""
 
     def __init__(self, script: ScriptDirectory) -> None:
         self.script = script
 
-    def __call__(self, *, ctx, step, seconds: float, **_step) -> None:
+    def __call__(self, *, seconds: float, ctx=None, step=None, adoption=None, **_step) -> None:
+        if adoption is not None:
+            record(adoption.connection, self.script, adoption.revision, "adopt", seconds)
+            return
         direction = "stamp" if step.is_stamp else "upgrade" if step.is_upgrade else "downgrade"
         if direction == "downgrade" and not ctx.get_current_heads():
             history_table.drop(ctx.connection, checkfirst=True)

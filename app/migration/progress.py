@@ -5,8 +5,9 @@ a large SQLite file can then run for minutes; `RevisionHeartbeat` logs a line
 every `every_s` seconds until the revision ends, so an operator watching the
 container's log can tell a slow revision from a hung one.
 
-`StepClock` is the run's one clock: Alembic calls it after each step, and it
-hands the step's duration to the callbacks that log and record steps.
+`StepClock` is the run's one clock: Alembic calls it after each step (and the
+adoption of a legacy database calls it with an `Adoption`), and it hands the
+step's duration to the callbacks that log and record steps.
 """
 
 import logging
@@ -14,16 +15,34 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 10.0
 
 
+@dataclass(frozen=True)
+class Adoption:
+    """The adoption step: a database made before migrations, stamped at `revision`.
+
+    Listeners receive it as `adoption=`; Alembic's own steps come as `step=`.
+    """
+
+    connection: Connection
+    revision: str
+    description: str
+    schema_name: str | None
+
+
 class StepClock:
     """An `on_version_apply` callback timing each step from the end of the one before.
 
-    It calls each of `listeners` with the step's keyword arguments and `seconds`.
+    It calls each of `listeners` with the step's keyword arguments and `seconds`;
+    the next step's time starts once they return, so what they do (writing a
+    history row, measuring) is not counted as the next step's.
     """
 
     def __init__(self, *listeners: Callable[..., None]) -> None:
@@ -38,9 +57,9 @@ class StepClock:
 
     def __call__(self, **step: object) -> None:
         seconds = self.elapsed()
-        self.restart()
         for listener in self.listeners:
             listener(seconds=seconds, **step)
+        self.restart()
 
 
 class RevisionHeartbeat:
@@ -53,8 +72,9 @@ class RevisionHeartbeat:
         self.done = 0
         self.stop = threading.Event()
 
-    def __call__(self, **_step: object) -> None:
-        self.done += 1
+    def __call__(self, *, adoption: Adoption | None = None, **_step: object) -> None:
+        if adoption is None:
+            self.done += 1
 
     def running(self) -> str | None:
         return self.revisions[self.done] if self.done < len(self.revisions) else None
