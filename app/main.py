@@ -130,6 +130,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "status", help="show where the database stands (read-only; never waits for an upgrade)"
     )
     status.add_argument("--json", action="store_true", help="print the report as JSON")
+    plan = commands.add_parser(
+        "plan",
+        help="rehearse the upgrade and show what it would do to this database, changing "
+        "nothing (exit 0: nothing to do, 2: it would change something, 1: refused or failed)",
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (docs/plan.md)")
     restore = commands.add_parser("restore", help="replace the SQLite database with a backup")
     restore.add_argument("backup", type=Path, help="a file from DATA_DIR/backups")
     return parser.parse_args(argv)
@@ -144,10 +150,23 @@ def show_status(as_json: bool) -> None:
     print(status.as_json() if as_json else render(status))
 
 
-def run(args: argparse.Namespace) -> None:
+def show_plan(as_json: bool) -> int:
+    """`anibridge plan`: settings read without creating DATA_DIR; the upgrade rehearsed."""
+    from app.migration.plan import plan_upgrade, render
+
+    settings = load_settings()
+    configure_logging("debug" if settings.log_level == "debug" else "warning")
+    plan = plan_upgrade(settings, notice=lambda line: print(line, file=sys.stderr))
+    print(plan.as_json() if as_json else render(plan))
+    return plan.exit_code
+
+
+def run(args: argparse.Namespace) -> int | None:
     if args.command == "status":
         show_status(args.json)
-        return
+        return None
+    if args.command == "plan":
+        return show_plan(args.json)
     settings = get_settings()
     configure_logging(settings.log_level)
     if args.command == "restore":

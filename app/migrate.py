@@ -34,8 +34,9 @@ def run_full_upgrade() -> None:
     upgrade_database(settings)
 
 
-def exit_code_of(action: Callable[[], None]) -> int:
-    """Run `action`; a settings, Alembic or database error becomes one stderr line and exit 1.
+def exit_code_of(action: Callable[[], int | None]) -> int:
+    """Run `action` and return its exit code (0 when it gives none); a settings, Alembic or
+    database error becomes one stderr line and exit 1.
 
     With LOG_LEVEL=debug the traceback is logged before that line.
     """
@@ -46,12 +47,11 @@ def exit_code_of(action: Callable[[], None]) -> int:
     from app.migration.errors import describe_database_error
 
     try:
-        action()
+        return action() or 0
     except (ConfigError, CommandError) as exc:
         return report_failure(str(exc))
     except DBAPIError as exc:
         return report_failure(describe_database_error(exc, None))
-    return 0
 
 
 def report_failure(message: str) -> int:
