@@ -126,6 +126,7 @@ class StepReport:
             "revision": self.revision,
             "message": self.message,
             "seconds": round(self.seconds, 6),
+            "schema": self.schema,
             "statements": self.statements,
             "rebuilt": self.rebuilt,
             "tables": [change.as_dict() for change in self.tables],

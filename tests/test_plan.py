@@ -1,0 +1,609 @@
+"""`anibridge plan`: its outcome and row counts are what the upgrade does; it changes nothing.
+
+Every case plans first, checks that nothing changed, then runs the real
+upgrade (`python -m app.migrate`) on the same database and compares: the
+outcome and its sentence, the revisions applied, the rows each table holds
+afterwards, and how many rows changed value. Both engines; the release files
+are the ones the released code made. Revisions that change data are added to a
+scratch copy of the project, as the fault tests do.
+"""
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from app.migration.journal import HISTORY_TABLE
+from tests.faults import (
+    BASELINE,
+    HEAD,
+    InjectedRevision,
+    copy_project,
+    inject_revisions,
+    upgrade_environment,
+)
+from tests.legacy_data import add_to_release_file, release_file
+
+RELEASES = ("v1.16.1.db", "v2.1.0.db", "v1.16.1-then-v2.1.0.db")
+RELEASE_SCHEMAS = {
+    "v1.16.1.db": "single-site",
+    "v2.1.0.db": "multi-site",
+    "v1.16.1-then-v2.1.0.db": "half-converted",
+}
+PLAN_KEYS = {
+    "format",
+    "database",
+    "engine",
+    "outcome",
+    "exit_code",
+    "summary",
+    "current",
+    "heads",
+    "pending",
+    "adopts",
+    "refusal",
+    "steps",
+    "not_rehearsed",
+    "backup",
+}
+STEP_KEYS = {"kind", "revision", "message", "seconds", "schema", "statements", "rebuilt"}
+STEP_KEYS |= {"tables", "locks"}
+TABLE_KEYS = {"table", "rows_before", "rows_after", "rows_changed", "rebuilt"}
+TABLE_KEYS |= {"columns_added", "columns_dropped"}
+UNKNOWN_REVISION = "ffffffffffff"
+
+DATA_CHANGE = InjectedRevision(
+    "da7a00000001",
+    HEAD,
+    "Flag failed jobs, drop queued tasks, add a column, record a mapping",
+    """\
+    op.execute("UPDATE job SET message = 'retry later' WHERE status = 'failed'")
+    op.execute("DELETE FROM clienttask WHERE state = 'queued'")
+    with op.batch_alter_table("job", recreate="always") as batch_op:
+        batch_op.add_column(sa.Column("priority", sa.Integer(), nullable=True))
+    op.execute(
+        "INSERT INTO strm_url_mapping (strm_path, resolved_url, resolved_at, slug, season, "
+        "episode, language, site) VALUES ('/a.strm', 'https://example.invalid/a', "
+        "'2024-01-01 00:00:00', 'a', 1, 1, 'German Dub', 'aniworld.to')"
+    )
+""",
+)
+OUTSIDE_TRANSACTION = InjectedRevision(
+    "c0cc00000001",
+    HEAD,
+    "Index job.status concurrently",
+    """\
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_job_status_concurrently", "job", ["status"], postgresql_concurrently=True
+        )
+""",
+)
+
+
+# --- running the commands ---------------------------------------------------
+
+
+def run(project: Path, env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *arguments],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def plan(project: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    result = run(project, env, "-m", "app.main", "plan", "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (0, 1, 2), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def plan_text(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return run(project, env, "-m", "app.main", "plan")
+
+
+def upgrade(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return run(project, env, "-m", "app.migrate")
+
+
+def upgrade_error(result: subprocess.CompletedProcess) -> str:
+    """The one line the failed upgrade printed, without its `anibridge: error: ` prefix."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("anibridge: error:")]
+    return line.removeprefix("anibridge: error: ")
+
+
+# --- looking at the database -----------------------------------------------
+
+
+def engine_for(url: URL) -> sa.Engine:
+    return sa.create_engine(url, poolclass=NullPool)
+
+
+def row_counts(url: URL) -> dict[str, int]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            tables = sa.inspect(connection).get_table_names()
+            return {
+                table: connection.execute(sa.text(f'SELECT count(*) FROM "{table}"')).scalar_one()
+                for table in tables
+            }
+    finally:
+        engine.dispose()
+
+
+def history(url: URL) -> list[tuple[str, str]]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.text(f"SELECT direction, revision FROM {HISTORY_TABLE} ORDER BY id")
+            )
+            return [tuple(row) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def rows_by_key(url: URL, table: str, key: str, columns: list[str]) -> dict[Any, tuple]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            listed = ", ".join(columns)
+            rows = connection.execute(sa.text(f"SELECT {key}, {listed} FROM {table}"))
+            return {row[0]: tuple(row[1:]) for row in rows}
+    finally:
+        engine.dispose()
+
+
+def file_state(path: Path) -> tuple[str, int, int]:
+    """Bytes (as a digest), mode and mtime: what a plan must leave as they were."""
+    stat = path.stat()
+    return hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_mode, stat.st_mtime_ns
+
+
+def folder_listing(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def postgres_state(url: URL) -> dict[str, Any]:
+    """Every object of the schema, each table's rows as a digest, and every sequence's value."""
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            objects = connection.execute(
+                sa.text(
+                    "SELECT c.relname, c.relkind, c.relfilenode FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                    "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' "
+                    "ORDER BY 1, 2"
+                )
+            ).all()
+            tables = [name for name, kind, _ in objects if kind == "r"]
+            digests = {
+                table: connection.execute(
+                    sa.text(
+                        f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY "
+                        f"t::text), '')) FROM \"{table}\" t"
+                    )
+                ).one()
+                for table in tables
+            }
+            sequences = connection.execute(
+                sa.text("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
+            ).all()
+            namespaces = connection.execute(
+                sa.text("SELECT nspname FROM pg_namespace ORDER BY 1")
+            ).all()
+            return {
+                "objects": [tuple(row) for row in objects],
+                "rows": {table: tuple(value) for table, value in digests.items()},
+                "sequences": [tuple(row) for row in sequences],
+                "schemas": [row[0] for row in namespaces if not row[0].startswith("pg_temp")],
+            }
+    finally:
+        engine.dispose()
+
+
+def last_rows_after(plan_json: dict[str, Any]) -> dict[str, int | None]:
+    """Each table the plan touched, with the rows its last step left."""
+    final: dict[str, int | None] = {}
+    for step in plan_json["steps"]:
+        for change in step["tables"]:
+            final[change["table"]] = change["rows_after"]
+    return final
+
+
+def applied_revisions(url: URL) -> list[str]:
+    return [revision for direction, revision in history(url) if direction == "upgrade"]
+
+
+# --- set-ups ----------------------------------------------------------------
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    return folder
+
+
+def sqlite_database(data_dir: Path) -> URL:
+    return URL.create("sqlite", database=str(data_dir / "anibridge_jobs.db"))
+
+
+def copy_release(name: str, data_dir: Path) -> Path:
+    target = data_dir / "anibridge_jobs.db"
+    shutil.copyfile(release_file(name), target)
+    target.chmod(0o640)
+    return target
+
+
+@pytest.fixture
+def project_with(tmp_path: Path):
+    def make(*revisions: InjectedRevision) -> Path:
+        project = copy_project(tmp_path / "project")
+        inject_revisions(project, revisions)
+        return project
+
+    return make
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def at_revision(url: URL, data_dir: Path, revision: str) -> None:
+    """Bring a database to `revision` with the release's own upgrade, then fill it from v2.1.0."""
+    env = upgrade_environment(REPO, url, data_dir)
+    result = run(REPO, env, "-m", "alembic", "upgrade", revision)
+    assert result.returncode == 0, result.stderr
+    source = sqlite3.connect(release_file("v2.1.0.db"))
+    engine = engine_for(url)
+    try:
+        with engine.begin() as connection:
+            for table in ("job", "clienttask", "episodeavailability"):
+                cursor = source.execute(f"SELECT * FROM {table}")
+                names = [column[0] for column in cursor.description]
+                rows = [dict(zip(names, row, strict=True)) for row in cursor]
+                if table == "episodeavailability":
+                    rows = [{**row, "available": bool(row["available"])} for row in rows]
+                if table in ("job", "clienttask", "episodeavailability"):
+                    rows = [with_parsed_times(row) for row in rows]
+                connection.execute(sa.table(table, *map(sa.column, names)).insert(), rows)
+    finally:
+        engine.dispose()
+        source.close()
+
+
+def at_head_with(url: URL, data_dir: Path, project: Path) -> tuple[Path, dict[str, str]]:
+    """The database at the release's head, and the environment of `project` upgrading it."""
+    at_revision(url, data_dir, "head")
+    return project, upgrade_environment(project, url, data_dir)
+
+
+def with_parsed_times(row: dict[str, Any]) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    parsed = {}
+    for name, value in row.items():
+        if name.endswith(("_at", "_on")) and isinstance(value, str):
+            value = datetime.fromisoformat(value).replace(tzinfo=UTC)
+        parsed[name] = value
+    return parsed
+
+
+# --- the release files (SQLite) ----------------------------------------------
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_plan_of_a_release_file_is_what_the_upgrade_does_and_changes_nothing(
+    release: str, data_dir: Path
+) -> None:
+    database = copy_release(release, data_dir)
+    before = file_state(database)
+    env = upgrade_environment(REPO, sqlite_database(data_dir), data_dir)
+
+    code, planned = plan(REPO, env)
+
+    assert file_state(database) == before
+    assert folder_listing(data_dir) == ["anibridge_jobs.db"]
+    assert code == 2 and planned["outcome"] == "upgrade"
+    assert planned["adopts"]["schema"] == RELEASE_SCHEMAS[release]
+    assert planned["adopts"]["revision"] == BASELINE
+    assert planned["pending"] == [HEAD]
+    assert planned["backup"]["bytes"] == database.stat().st_size
+    adopted = planned["steps"][0]
+    assert adopted["kind"] == "adopt"
+    if release != "v2.1.0.db":
+        assert "episodeavailability" in adopted["rebuilt"]
+    for change in adopted["tables"]:
+        assert change["rows_changed"] == 0, change
+
+    counts_before = row_counts(sqlite_database(data_dir))
+    result = upgrade(REPO, env)
+    assert result.returncode == 0, result.stderr
+    counts_after = row_counts(sqlite_database(data_dir))
+    for table, rows in last_rows_after(planned).items():
+        assert counts_after.get(table) == rows, table
+    for change in adopted["tables"]:
+        assert change["rows_before"] == counts_before[change["table"]]
+    assert applied_revisions(sqlite_database(data_dir)) == planned["pending"]
+
+
+def test_plan_text_leads_with_the_outcome_and_names_the_release(data_dir: Path) -> None:
+    copy_release("v1.16.1.db", data_dir)
+    env = upgrade_environment(REPO, sqlite_database(data_dir), data_dir)
+    result = plan_text(REPO, env)
+    assert result.returncode == 2, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("An upgrade would adopt this database made before migrations")
+    assert "single-site" in first and HEAD in first
+    assert "rebuilt: clienttask, episodeavailability, job" in result.stdout
+    assert "backup first:" in result.stdout
+
+
+def test_refused_file_gets_the_upgrades_own_sentence(data_dir: Path) -> None:
+    database = copy_release("v2.1.0.db", data_dir)
+    with sqlite3.connect(database) as connection:
+        connection.execute("ALTER TABLE job ADD COLUMN note VARCHAR")
+    connection.close()
+    before = file_state(database)
+    env = upgrade_environment(REPO, sqlite_database(data_dir), data_dir)
+
+    code, planned = plan(REPO, env)
+
+    assert file_state(database) == before
+    assert code == 1 and planned["outcome"] == "refused"
+    assert planned["summary"].startswith("An upgrade would be refused: ")
+    assert planned["refusal"] == upgrade_error(upgrade(REPO, env))
+
+
+def test_file_with_user_additions_plans_as_the_upgrade_adopts_it(data_dir: Path) -> None:
+    database = copy_release("v1.16.1.db", data_dir)
+    add_to_release_file(database, ["views", "triggers"])
+    env = upgrade_environment(REPO, sqlite_database(data_dir), data_dir)
+    code, planned = plan(REPO, env)
+    assert code == 2 and planned["adopts"]["schema"] == "single-site"
+    result = upgrade(REPO, env)
+    assert result.returncode == 0, result.stderr
+    assert row_counts(sqlite_database(data_dir))["job"] == last_rows_after(planned)["job"]
+
+
+def test_missing_database_plans_the_schema_and_creates_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "not-yet"
+    env = upgrade_environment(REPO, sqlite_database(data_dir), data_dir)
+    code, planned = plan(REPO, env)
+    assert code == 2 and planned["outcome"] == "upgrade"
+    assert planned["summary"].startswith("An upgrade would create the schema")
+    assert planned["pending"] == [BASELINE, HEAD]
+    assert planned["backup"] is None
+    assert not data_dir.exists()
+
+
+def test_no_room_for_the_copy_is_one_line(data_dir: Path, monkeypatch) -> None:
+    from app.config import load_settings
+    from app.migration import plan as planner
+    from app.migration.errors import MigrationError
+
+    copy_release("v2.1.0.db", data_dir)
+    monkeypatch.setattr(planner, "space_for_copy", lambda _database, _folder: (10, 2**20))
+    settings = load_settings({"DATA_DIR": str(data_dir)})
+    with pytest.raises(MigrationError) as raised:
+        planner.plan_upgrade(settings, notice=print)
+    message = str(raised.value)
+    assert "not enough free space" in message and "1.0 MiB needed" in message
+    assert "\n" not in message
+    assert folder_listing(data_dir) == ["anibridge_jobs.db"]
+
+
+def test_no_room_for_the_upgrades_backup_is_the_upgrades_refusal(
+    data_dir: Path, monkeypatch
+) -> None:
+    from app.config import load_settings
+    from app.migration import backup
+    from app.migration import plan as planner
+
+    copy_release("v1.16.1.db", data_dir)
+    backups = data_dir / "backups"
+    real = backup.space_for_copy
+
+    def no_room_for_backups(database: Path, folder: Path) -> tuple[int, int]:
+        free, needed = real(database, folder)
+        return (10, needed) if folder == backups else (free, needed)
+
+    monkeypatch.setattr(backup, "space_for_copy", no_room_for_backups)
+    monkeypatch.setattr(planner, "space_for_copy", no_room_for_backups)
+    plan_result = planner.plan_upgrade(load_settings({"DATA_DIR": str(data_dir)}), print)
+    assert plan_result.outcome == "refused" and plan_result.exit_code == 1
+    assert plan_result.refusal.startswith("not enough free space in")
+    assert "for a backup before changing the database" in plan_result.refusal
+
+
+# --- both engines ------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine_url(request: pytest.FixtureRequest, data_dir: Path) -> URL:
+    if request.param == "sqlite":
+        return sqlite_database(data_dir)
+    return request.getfixturevalue("postgres_url")
+
+
+def unchanged_check(url: URL, data_dir: Path):
+    """A function that asserts the database is as it was when this was called."""
+    if url.get_backend_name() == "sqlite":
+        database = Path(url.database)
+        before = file_state(database)
+        listing = folder_listing(data_dir)
+
+        def check() -> None:
+            assert file_state(database) == before
+            assert folder_listing(data_dir) == listing
+
+        return check
+    before = postgres_state(url)
+
+    def check_postgres() -> None:
+        assert postgres_state(url) == before
+
+    return check_postgres
+
+
+def test_database_at_head_has_nothing_to_do(engine_url: URL, data_dir: Path) -> None:
+    at_revision(engine_url, data_dir, "head")
+    env = upgrade_environment(REPO, engine_url, data_dir)
+    unchanged = unchanged_check(engine_url, data_dir)
+    code, planned = plan(REPO, env)
+    unchanged()
+    assert code == 0 and planned["outcome"] == "up_to_date"
+    assert planned["steps"] == [] and planned["pending"] == []
+    assert planned["summary"] == f"Nothing to do: the database is at head ({HEAD})."
+
+
+def test_newer_database_is_refused_in_the_upgrades_words(engine_url: URL, data_dir: Path) -> None:
+    at_revision(engine_url, data_dir, "head")
+    engine = engine_for(engine_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(f"UPDATE alembic_version SET version_num = '{UNKNOWN_REVISION}'")
+        )
+    engine.dispose()
+    env = upgrade_environment(REPO, engine_url, data_dir)
+    unchanged = unchanged_check(engine_url, data_dir)
+    code, planned = plan(REPO, env)
+    unchanged()
+    assert code == 1 and planned["outcome"] == "newer"
+    assert planned["refusal"] == upgrade_error(upgrade(REPO, env))
+
+
+def test_pending_revision_that_changes_data_is_counted_exactly(
+    engine_url: URL, data_dir: Path, project_with
+) -> None:
+    project, env = at_head_with(engine_url, data_dir, project_with(DATA_CHANGE))
+    columns = ["status", "message", "progress", "updated_at"]
+    jobs_before = rows_by_key(engine_url, "job", "id", columns)
+    unchanged = unchanged_check(engine_url, data_dir)
+
+    code, planned = plan(project, env)
+
+    unchanged()
+    assert code == 2 and planned["outcome"] == "upgrade"
+    assert planned["pending"] == [DATA_CHANGE.revision]
+    (step,) = planned["steps"]
+    tables = {change["table"]: change for change in step["tables"]}
+    assert "job" in step["rebuilt"]
+    assert tables["job"]["columns_added"] == ["priority"]
+
+    result = upgrade(project, env)
+    assert result.returncode == 0, result.stderr
+    jobs_after = rows_by_key(engine_url, "job", "id", columns)
+    changed = sum(1 for key, row in jobs_before.items() if jobs_after.get(key) != row)
+    assert tables["job"]["rows_changed"] == changed > 0
+    counts = row_counts(engine_url)
+    for table, change in tables.items():
+        assert counts.get(table) == change["rows_after"], table
+    assert tables["clienttask"]["rows_after"] < tables["clienttask"]["rows_before"]
+    assert tables["strm_url_mapping"]["rows_after"] == 1
+    assert applied_revisions(engine_url)[-1] == DATA_CHANGE.revision
+
+
+def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path, project_with):
+    at_revision(engine_url, data_dir, "head")
+    project = project_with(DATA_CHANGE)
+    _, planned = plan(project, upgrade_environment(project, engine_url, data_dir))
+    assert set(planned) == PLAN_KEYS
+    assert planned["format"] == 1
+    for step in planned["steps"]:
+        assert set(step) == STEP_KEYS
+        for change in step["tables"]:
+            assert set(change) == TABLE_KEYS
+        for lock in step["locks"]:
+            assert set(lock) == {"table", "mode", "held_s"}
+
+
+# --- PostgreSQL only ---------------------------------------------------------
+
+
+def test_postgres_plan_lists_the_locks_and_says_so_first(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    result = plan_text(project, env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("Rehearsing the upgrade on the live PostgreSQL database")
+    assert "lock_timeout" in result.stderr.splitlines()[0]
+    _, planned = plan(project, env)
+    locks = {(lock["table"], lock["mode"]) for lock in planned["steps"][0]["locks"]}
+    assert ("job", "ROW EXCLUSIVE") in locks
+    assert ("job", "ACCESS EXCLUSIVE") in locks
+    assert all(lock["held_s"] >= 0 for lock in planned["steps"][0]["locks"])
+
+
+def test_postgres_unversioned_database_is_adopted_in_the_plan_as_in_the_upgrade(
+    postgres_url: URL, data_dir: Path
+) -> None:
+    at_revision(postgres_url, data_dir, BASELINE)
+    engine = engine_for(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE alembic_version, {HISTORY_TABLE}"))
+    engine.dispose()
+    env = upgrade_environment(REPO, postgres_url, data_dir)
+    unchanged = unchanged_check(postgres_url, data_dir)
+    code, planned = plan(REPO, env)
+    unchanged()
+    assert code == 2 and planned["adopts"]["revision"] == BASELINE
+    result = upgrade(REPO, env)
+    assert result.returncode == 0, result.stderr
+    assert [revision for _, revision in history(postgres_url)] == [BASELINE, HEAD]
+
+
+def test_revision_outside_a_transaction_is_not_rehearsed_and_nothing_changes(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    project, env = at_head_with(postgres_url, data_dir, project_with(OUTSIDE_TRANSACTION))
+    unchanged = unchanged_check(postgres_url, data_dir)
+    code, planned = plan(project, env)
+    unchanged()
+    assert code == 2 and planned["outcome"] == "upgrade"
+    assert planned["not_rehearsed"] == [OUTSIDE_TRANSACTION.revision]
+    assert planned["pending"] == [OUTSIDE_TRANSACTION.revision]
+
+
+def test_service_can_keep_writing_while_sqlite_is_planned(data_dir: Path) -> None:
+    """The plan holds a read lock only while it copies; a writer then goes on at once."""
+    copy_release("v1.16.1.db", data_dir)
+    env = upgrade_environment(REPO, sqlite_database(data_dir), data_dir)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.main", "plan", "--json"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    writer = sqlite3.connect(data_dir / "anibridge_jobs.db", timeout=10)
+    try:
+        for number in range(20):
+            writer.execute(
+                "UPDATE job SET message = ? WHERE rowid = 1", (f"written during the plan {number}",)
+            )
+            writer.commit()
+    finally:
+        writer.close()
+    output, errors = process.communicate(timeout=120)
+    assert process.returncode == 2, errors
+    assert json.loads(output)["outcome"] == "upgrade"
