@@ -115,3 +115,18 @@ def test_the_root_set_up_gets_checked_ids(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"7 0 false {DATABASE_FILE_NAME}\n"
+
+
+@pytest.mark.parametrize("command", ["plan", "status", "restore", "migrate"])
+def test_commands_that_report_or_replace_the_database_run_on_it_as_it_is(
+    tmp_path: Path, command: str
+) -> None:
+    """`docker run ... anibridge plan` must see the pending upgrade, not run it first."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / DATABASE_FILE_NAME).write_bytes(b"")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    result = start_up("run", "anibridge", command, "--help", DATA_DIR=str(data_dir), PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert f"anibridge {command} runs without upgrading first" in result.stderr
+    assert (data_dir / DATABASE_FILE_NAME).read_bytes() == b""

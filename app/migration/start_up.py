@@ -9,8 +9,9 @@ head and then replaces itself with COMMAND:
 * settings are checked first with `app.config` (a bad value is one line naming
   the variable, exit 2);
 * DB_MIGRATE_ON_STARTUP=false, `anibridge restore FILE` (it replaces the
-  database, maybe one a newer release left) and `anibridge migrate` (the
-  upgrade itself) skip the upgrade;
+  database, maybe one a newer release left), `anibridge migrate` (the upgrade
+  itself), `anibridge plan` and `anibridge status` (they report on the
+  database as the upgrade would find it) skip the upgrade;
 * the service (`anibridge`, `anibridge serve`) on PostgreSQL checks and upgrades
   in its own process, which imports the driver anyway (a separate process
   would pay that import once more: docs/performance.md, "6. Container start at head");
@@ -45,7 +46,7 @@ from app.migration.at_head import database_at_head
 
 MAX_ID = 4294967294
 SERVICE_COMMANDS = ([], ["serve"])
-SKIPPING_COMMANDS = ("restore", "migrate")
+SKIPPING_COMMANDS = ("restore", "migrate", "plan", "status")
 POSTGRES_URL_PREFIXES = tuple(f"{driver}://" for driver in POSTGRES_DRIVERS)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOPPED_STATUS = 128 + signal.SIGTERM  # tini -e 143 reports it as 0: a stop is no failure
