@@ -37,7 +37,8 @@ from bench.data import (
 )
 
 RELEASE_FILE = PROJECT_ROOT / "tests" / "data" / "releases" / "v1.16.1.db"
-MULTI_SITE_SCHEMA = PROJECT_ROOT / "app" / "db" / "legacy" / "releases" / "v2.1.0.schema.sql"
+RELEASE_SCHEMAS = PROJECT_ROOT / "app" / "migration" / "adoption" / "releases"
+MULTI_SITE_SCHEMA = RELEASE_SCHEMAS / "v2.1.0.schema.sql"
 RAW_COPY_CODE = """
 import sqlite3, sys
 import alembic.command, alembic.config, sqlalchemy

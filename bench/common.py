@@ -65,9 +65,16 @@ def child_env(**settings: str) -> dict[str, str]:
 
 
 def run_timed(
-    argv: list[str], env: Mapping[str, str], cwd: Path = PROJECT_ROOT, check: bool = True
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path = PROJECT_ROOT,
+    check: bool = True,
+    expect: int = 0,
 ) -> Sample:
-    """Run a child process to its end; its wall time and its own peak memory."""
+    """Run a child process to its end; its wall time and its own peak memory.
+
+    With `check`, an exit status other than `expect` is an error.
+    """
     started = time.perf_counter()
     process = subprocess.Popen(
         argv, env=dict(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -78,7 +85,7 @@ def run_timed(
     errors = process.stderr.read().decode(errors="replace") if process.stderr else ""
     if process.stderr:
         process.stderr.close()
-    if check and process.returncode != 0:
+    if check and process.returncode != expect:
         raise RuntimeError(f"{' '.join(argv)} exited {process.returncode}: {errors[-2000:]}")
     return Sample(elapsed, usage.ru_maxrss / 1024)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app import main as app_main
+from app import cli
 from app.config import (
     SETTING_NAMES,
     ConfigError,
@@ -217,7 +217,7 @@ def test_cli_reports_bad_setting_in_one_line(
     clean_environment.setenv("DATA_DIR", str(tmp_path / "data"))
     clean_environment.setenv(variable, raw)
 
-    exit_code = app_main.main(["migrate"])
+    exit_code = cli.main(["migrate"])
 
     stderr = capsys.readouterr().err
     assert exit_code == 1
@@ -259,7 +259,7 @@ def test_cli_hides_the_password_when_the_server_is_unreachable(
     )
     clean_environment.setenv("DB_CONNECT_RETRIES", "0")
 
-    exit_code = app_main.main(["migrate"])
+    exit_code = cli.main(["migrate"])
 
     stderr = capsys.readouterr().err
     assert exit_code == 1
@@ -274,5 +274,5 @@ def test_cli_migrates_a_fresh_data_dir(
     data_dir = tmp_path / "new" / "data"
     clean_environment.setenv("DATA_DIR", str(data_dir))
 
-    assert app_main.main(["migrate"]) == 0
+    assert cli.main(["migrate"]) == 0
     assert (data_dir / "anibridge_jobs.db").stat().st_size > 0
