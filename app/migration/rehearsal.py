@@ -161,8 +161,11 @@ class StepInProgress:
 class Rehearsal:
     """Watches a run on `connection`; a listener of its `StepClock` (`step_listeners`)."""
 
-    def __init__(self, connection: Connection, heads: tuple[str, ...]) -> None:
+    def __init__(
+        self, connection: Connection, heads: tuple[str, ...], *, refuse_commit: bool = True
+    ) -> None:
         self.connection = connection
+        self.refuse_commit = refuse_commit
         self.heads = set(heads)
         self.driver = connection.connection.driver_connection
         self.engine = connection.dialect.name
@@ -240,6 +243,9 @@ class Rehearsal:
 
     @watching
     def at_commit(self, _conn) -> None:
+        """Refuse the commit (on a scratch copy it may go ahead: `refuse_commit` False)."""
+        if not self.refuse_commit:
+            return
         self.ended_at = self.run_time()
         current = {row[0] for row in self.query("SELECT version_num FROM alembic_version")}
         raise RehearsalEnded(finished=current == self.heads)
@@ -265,7 +271,6 @@ class Rehearsal:
         report.statements = self.step.statements
         report.tables = self.table_changes(self.states, after)
         self.steps.append(report)
-        self.drop_snapshots()
         self.states, self.step = after, StepInProgress()
         self.overhead += time.monotonic() - began
 
@@ -392,11 +397,6 @@ class Rehearsal:
                 change.rows_changed = self.rows_changed(table, snapshot)
             changes.append(change)
         return changes
-
-    def drop_snapshots(self) -> None:
-        for snapshot in self.step.snapshots.values():
-            if self.snapshot_exists(snapshot):
-                self.query(f"DROP TABLE {self.temporary(snapshot.name)}")
 
     def snapshot_exists(self, snapshot: Snapshot) -> bool:
         """False when a savepoint the run rolled back took the copy with it."""
