@@ -642,3 +642,66 @@ def test_compose_file_is_valid(profile: list[str]) -> None:
     assert sorted(services.stdout.split()) == ["anibridge", "postgres"]
     volumes = docker_compose(*profile, "config", "--volumes")
     assert sorted(volumes.stdout.split()) == ["anibridge-data", "postgres-data"]
+
+
+# --- anibridge plan, before an upgrade (docker/README.md "Before you upgrade") ---
+
+
+def plan_in_container(containers: Containers, data: Path, *arguments: str):
+    """`docker run --rm -v DATA:/data IMAGE anibridge plan ...`, as docker/README.md shows it."""
+    return containers.engine.docker(
+        "run",
+        "--rm",
+        "--network=none",
+        f"--volume={data}:/data",
+        containers.image,
+        "anibridge",
+        "plan",
+        *arguments,
+        check=False,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize("release", RELEASE_FILES)
+def test_plan_in_the_image_on_each_release_file_changes_nothing(
+    containers: Containers, data_dir: Path, release: str
+) -> None:
+    database = data_dir / DATABASE_FILE_NAME
+    shutil.copyfile(release_file(release), database)
+    before = (sha256_of(database), database.stat().st_mode, database.stat().st_mtime_ns)
+
+    text = plan_in_container(containers, data_dir)
+    report = plan_in_container(containers, data_dir, "--json")
+
+    assert text.returncode == 2, text.stdout + text.stderr
+    assert text.stdout.startswith("An upgrade would adopt this database made before migrations")
+    assert "Traceback" not in text.stderr + report.stderr
+    planned = json.loads(report.stdout)
+    assert (report.returncode, planned["outcome"], planned["pending"]) == (2, "upgrade", [HEAD])
+    assert planned["adopts"]["revision"] == BASELINE
+    assert (sha256_of(database), database.stat().st_mode, database.stat().st_mtime_ns) == before
+    left = {path.name for path in data_dir.iterdir()} - {"downloads"}  # the entrypoint's folder
+    assert left == {DATABASE_FILE_NAME}
+    assert "alembic_version" not in sqlite_table_names(database)
+
+
+def test_plan_in_the_image_exit_codes_at_head_and_when_newer(
+    containers: Containers, data_dir: Path
+) -> None:
+    database = data_dir / DATABASE_FILE_NAME
+    shutil.copyfile(release_file("v2.1.0.db"), database)
+    upgraded = containers.run(data_dir)
+    upgraded.wait_for_health()
+    upgraded.stop()
+
+    at_head = plan_in_container(containers, data_dir)
+    assert at_head.returncode == 0, at_head.stdout + at_head.stderr
+    assert at_head.stdout.startswith(f"Nothing to do: the database is at head ({HEAD}).")
+
+    with sqlite3.connect(database) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    connection.close()
+    newer = plan_in_container(containers, data_dir)
+    assert newer.returncode == 1, newer.stdout + newer.stderr
+    assert newer.stdout.startswith("An upgrade would be refused: the database is newer")
