@@ -154,10 +154,12 @@ def _nearest_existing(folder: Path) -> Path:
 
 
 def size_text(size: int) -> str:
-    """A byte count as people read it: KiB below one MiB, else MiB with one decimal."""
+    """A byte count as people read it: KiB below one MiB, MiB below one GiB, with one decimal."""
     if size < 2**20:
         return f"{-(-size // 2**10)} KiB"
-    return f"{size / 2**20:.1f} MiB"
+    if size < 2**30:
+        return f"{size / 2**20:.1f} MiB"
+    return f"{size / 2**30:.1f} GiB"
 
 
 def _copy_for_backup(database: Path, target: Path) -> None:
