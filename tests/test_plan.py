@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -607,3 +608,45 @@ def test_service_can_keep_writing_while_sqlite_is_planned(data_dir: Path) -> Non
     output, errors = process.communicate(timeout=120)
     assert process.returncode == 2, errors
     assert json.loads(output)["outcome"] == "upgrade"
+
+
+def test_invalid_index_cleanup_is_not_run_by_the_plan(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    """The upgrade drops an index a failed concurrent build left, outside a transaction."""
+    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    engine = engine_for(postgres_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection, pytest.raises(sa.exc.IntegrityError):
+        connection.execute(sa.text("CREATE UNIQUE INDEX CONCURRENTLY ix_broken ON job (status)"))
+    engine.dispose()
+    unchanged = unchanged_check(postgres_url, data_dir)
+    code, planned = plan(project, env)
+    unchanged()
+    assert code == 2 and planned["outcome"] == "upgrade"
+    assert planned["pending"] == [DATA_CHANGE.revision]
+
+
+def test_a_retried_attempt_is_planned_once(postgres_url: URL, data_dir: Path, project_with):
+    """A lock_timeout rolls the attempt back and the run starts again: the plan shows one run."""
+    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    _, quiet = plan(project, env)
+    engine = engine_for(postgres_url)
+    with engine.connect() as holder:
+        holder.execute(sa.text("LOCK TABLE job IN ACCESS SHARE MODE"))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.main", "plan", "--json"],
+            cwd=project,
+            env={**env, "DB_MIGRATION_TABLE_LOCK_TIMEOUT": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(6)
+        holder.rollback()
+    engine.dispose()
+    output, errors = process.communicate(timeout=120)
+    assert process.returncode == 2, errors
+    assert "retry 1/" in errors
+    contended = json.loads(output)
+    assert [step["revision"] for step in contended["steps"]] == [DATA_CHANGE.revision]
+    assert contended["steps"][0]["tables"] == quiet["steps"][0]["tables"]

@@ -31,6 +31,15 @@ class MigrationLockTimeoutError(MigrationError):
     pass
 
 
+class TableLockTimeoutError(MigrationError):
+    """A statement of the run waited its `lock_timeout` out; the run was rolled back and may
+    be tried again (app.migration.lock_retry)."""
+
+    def __init__(self, message: str, statement: str = "") -> None:
+        super().__init__(message)
+        self.statement = statement
+
+
 class BackupError(MigrationError):
     pass
 
@@ -134,6 +143,11 @@ def database_fix(exc: DBAPIError | sqlite3.Error, url: URL | None) -> str | None
         if any(word in reason for word in words):
             return fix.format(uid=os.getuid())
     return None
+
+
+def is_lock_timeout(exc: DBAPIError | sqlite3.Error) -> bool:
+    """PostgreSQL's `lock_timeout` ran out (SQLSTATE 55P03)."""
+    return getattr(driver_error(exc), "sqlstate", None) == "55P03"
 
 
 def describe_database_error(exc: DBAPIError | sqlite3.Error, url: URL | None) -> str:

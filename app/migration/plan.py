@@ -51,7 +51,6 @@ from app.migration.errors import (
     UnknownSchemaError,
 )
 from app.migration.guarded_run import backs_up
-from app.migration.locking import DDL_LOCK_TIMEOUT
 from app.migration.rehearsal import Rehearsal, RehearsalBroken, RehearsalEnded, StepReport
 from app.migration.revisions import alembic_config, current_heads, plan_run, script_directory
 
@@ -119,7 +118,7 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
     notice(
         "Rehearsing the upgrade on the live PostgreSQL database in a transaction that is "
         "rolled back: the table locks listed are held while the rehearsal runs, each wait "
-        f"bounded by lock_timeout {DDL_LOCK_TIMEOUT}."
+        f"bounded by lock_timeout ({settings.table_lock_timeout} s)."
     )
     plan = rehearse(settings, script, shown)
     plan.summary = summary_of(plan)

@@ -171,9 +171,16 @@ class Rehearsal:
         self.engine = connection.dialect.name
         self.quote = connection.dialect.identifier_preparer.quote
         self.schema = self.query("SELECT current_schema()")[0][0] if self.is_postgres else "main"
+        self.snapshot_count = 0
+        self.ended = False
+        self.ended_at: float | None = None
+        self.begin_attempt()
+
+    def begin_attempt(self) -> None:
+        """Forget what an attempt the run rolled back did (it retries after a lock_timeout)."""
         self.started = time.monotonic()
         self.overhead = 0.0
-        self.ended_at: float | None = None
+        self.wrote = False
         self.steps: list[StepReport] = []
         self.step = StepInProgress()
         self.states = self.table_states()
@@ -181,21 +188,28 @@ class Rehearsal:
         self.locks_seen: dict[tuple[str, str], tuple[int, float]] = {}
         self.own_locks: set[tuple[str, str]] = set()
         self.sequences_guarded: set[str] = set()
-        self.snapshot_count = 0
+        self.rolled_back = False
 
     @property
     def is_postgres(self) -> bool:
         return self.engine == "postgresql"
 
+    def events(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "before_cursor_execute": self.before_statement,
+            "after_cursor_execute": self.after_statement,
+            "commit": self.at_commit,
+            "rollback": self.at_rollback,
+            "set_connection_execution_options": self.at_new_options,
+        }
+
     def watch(self) -> None:
-        event.listen(self.connection, "before_cursor_execute", self.before_statement)
-        event.listen(self.connection, "after_cursor_execute", self.after_statement)
-        event.listen(self.connection, "commit", self.at_commit)
+        for name, handler in self.events().items():
+            event.listen(self.connection, name, handler)
 
     def stop_watching(self) -> None:
-        event.remove(self.connection, "before_cursor_execute", self.before_statement)
-        event.remove(self.connection, "after_cursor_execute", self.after_statement)
-        event.remove(self.connection, "commit", self.at_commit)
+        for name, handler in self.events().items():
+            event.remove(self.connection, name, handler)
 
     def query(self, sql: str) -> list[tuple]:
         """Run `sql` on the driver's connection, in the run's transaction, unseen by the events."""
@@ -214,10 +228,13 @@ class Rehearsal:
 
     @watching
     def before_statement(self, _conn, _cursor, statement: str, *_args) -> None:
+        if self.rolled_back:
+            self.begin_attempt()
         began = time.monotonic()
         kind = first_keyword(statement)
         if kind in NOT_LISTED or kind == "":
             return
+        self.wrote = True
         self.step.statements.append(one_line(statement))
         named = self.existing_tables_named(statement)
         if kind in ROW_CHANGING:
@@ -243,12 +260,39 @@ class Rehearsal:
 
     @watching
     def at_commit(self, _conn) -> None:
-        """Refuse the commit (on a scratch copy it may go ahead: `refuse_commit` False)."""
-        if not self.refuse_commit:
+        """Refuse a commit of anything the run wrote: roll it back at once and end here.
+
+        A commit of nothing (the short transaction that takes PostgreSQL's upgrade
+        lock), any commit once the rehearsal has ended (releasing that lock), and
+        every commit on a scratch copy (`refuse_commit` False) go ahead.
+        """
+        if self.ended or not self.refuse_commit or not self.wrote:
             return
-        self.ended_at = self.run_time()
         current = {row[0] for row in self.query("SELECT version_num FROM alembic_version")}
-        raise RehearsalEnded(finished=current == self.heads)
+        self.end(finished=current == self.heads)
+
+    @watching
+    def at_new_options(self, _conn, options: dict[str, Any]) -> None:
+        """An autocommit block is about to run statements outside any transaction: end here."""
+        if self.refuse_commit and not self.ended and options.get("isolation_level") == "AUTOCOMMIT":
+            self.end(finished=False)
+
+    def at_rollback(self, _conn) -> None:
+        """The run rolled its attempt back: what it did is void (measured afresh, lazily)."""
+        if not self.ended:
+            self.rolled_back = True
+
+    def end(self, *, finished: bool) -> None:
+        """Roll the run's transaction back on the driver's connection, then stop the run.
+
+        Rolled back here, before anything else can run: whatever the run does
+        on its way out (releasing its lock, committing that) finds nothing of
+        its own left to commit.
+        """
+        self.ended_at = self.run_time()
+        self.ended = True
+        self.driver.rollback()
+        raise RehearsalEnded(finished=finished)
 
     def spent(self, began: float) -> None:
         cost = time.monotonic() - began
