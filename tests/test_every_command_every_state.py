@@ -120,3 +120,29 @@ def test_a_result_or_one_line(
     assert sorted(path.name for path in tmp_path.iterdir()) == (
         ["anibridge_jobs.db"] if before else []
     )
+
+
+PLAN_EXIT = {"at head": 0, "refused: extra index": 1, "refused: unknown table": 1}
+PLAN_EXIT["newer than the code"] = 1
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_anibridge_plan_says_what_the_upgrade_would_do_and_changes_nothing(
+    state: str, state_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """0 nothing to do, 2 something to do, 1 refused: the summary line first, never a traceback."""
+    database = tmp_path / "anibridge_jobs.db"
+    if state_files[state].exists():
+        shutil.copyfile(state_files[state], database)
+    before = sha256_of(database) if database.exists() else None
+    environ = command_environment(tmp_path, f"sqlite:///{database}")
+
+    result = run_command([str(VENV_BIN / "anibridge"), "plan"], environ)
+
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode == PLAN_EXIT.get(state, 2), result.stdout + result.stderr
+    assert result.stdout.startswith(("Nothing to do", "An upgrade would")), result.stdout
+    assert (sha256_of(database) if database.exists() else None) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == (
+        ["anibridge_jobs.db"] if before else []
+    )
