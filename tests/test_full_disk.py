@@ -471,3 +471,24 @@ def test_writing_commands_in_a_read_only_folder_are_one_line(
     line = line_after_fault(small_disk, state, "read-only folder", WRITING_COMMANDS[command])
 
     assert "mount it read-write" in line
+
+
+# --- anibridge plan ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", PENDING)
+def test_plan_without_room_for_its_copy_is_one_line_naming_the_space(
+    small_disk: Path, state: str
+) -> None:
+    line = line_after_fault(small_disk, state, "full disk", ([*ANIBRIDGE, "plan"], ANIBRIDGE_ERROR))
+
+    assert "not enough free space" in line and "for the plan's copy of the database" in line
+    assert re.search(r"\(\d+ KiB free, [\d.]+ (KiB|MiB) needed\)", line), line
+
+
+def test_plan_on_a_read_only_folder_is_one_line(small_disk: Path) -> None:
+    line = line_after_fault(
+        small_disk, "unversioned", "read-only folder", ([*ANIBRIDGE, "plan"], ANIBRIDGE_ERROR)
+    )
+
+    assert "cannot make a scratch folder" in line and "make DATA_DIR writable" in line

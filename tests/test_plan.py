@@ -650,3 +650,20 @@ def test_a_retried_attempt_is_planned_once(postgres_url: URL, data_dir: Path, pr
     contended = json.loads(output)
     assert [step["revision"] for step in contended["steps"]] == [DATA_CHANGE.revision]
     assert contended["steps"][0]["tables"] == quiet["steps"][0]["tables"]
+
+
+def test_postgres_refused_schema_gets_the_upgrades_own_sentence(
+    postgres_url: URL, data_dir: Path
+) -> None:
+    at_revision(postgres_url, data_dir, BASELINE)
+    engine = engine_for(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE alembic_version, {HISTORY_TABLE}"))
+        connection.execute(sa.text("ALTER TABLE job ADD COLUMN note VARCHAR"))
+    engine.dispose()
+    env = upgrade_environment(REPO, postgres_url, data_dir)
+    unchanged = unchanged_check(postgres_url, data_dir)
+    code, planned = plan(REPO, env)
+    unchanged()
+    assert code == 1 and planned["outcome"] == "refused"
+    assert planned["refusal"] == upgrade_error(upgrade(REPO, env))
