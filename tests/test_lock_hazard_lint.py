@@ -123,20 +123,11 @@ HAZARDS = {
     ),
 }
 
-EXPANDS = {
-    "bigint column beside the integer one": (
-        JOB_ETA,
-        JOB_ETA + "    eta_ms: int | None = Field(default=None, sa_type=BigInteger)\n",
-    ),
-    "new column beside the one to rename": (
-        TASK_SAVE_PATH,
-        TASK_SAVE_PATH + "    download_path: str | None = None\n",
-    ),
-    "varchar to text (no rewrite)": (
-        JOB_MESSAGE,
-        "    message: str | None = Field(default=None, sa_type=Text)\n",
-    ),
-}
+EXPANDS = [
+    (JOB_ETA, JOB_ETA + "    eta_ms: int | None = Field(default=None, sa_type=BigInteger)\n"),
+    (TASK_SAVE_PATH, TASK_SAVE_PATH + "    download_path: str | None = None\n"),
+    (JOB_MESSAGE, "    message: str | None = Field(default=None, sa_type=Text)\n"),
+]
 
 
 @pytest.fixture
@@ -194,12 +185,17 @@ def test_autogenerate_output_is_flagged_when_written_and_the_safe_pattern_passes
         assert lint_keys(project) == []
 
 
-@pytest.mark.parametrize("case", sorted(EXPANDS))
-def test_autogenerate_output_of_an_expand_step_passes(project: Project, case: str) -> None:
-    revision, output = autogenerate(project, *EXPANDS[case])
+def test_autogenerate_output_of_expand_steps_passes(project: Project) -> None:
+    """A column beside the one to retype or rename, and varchar to text, which needs no rewrite."""
+    for before, after in EXPANDS[1:]:
+        edit_models(project, before, after)
+
+    revision, output = autogenerate(project, *EXPANDS[0])
 
     assert "lint:" not in output, output
     assert lint_keys(project) == []
+    text = revision.read_text(encoding="utf-8")
+    assert 'add_column(sa.Column("eta_ms"' in text and "type_=sa.Text()" in text, text
     project.alembic_ok("upgrade", "head")
     project.alembic_ok("check")
 
