@@ -59,12 +59,19 @@ HAZARDS = {
         "set_not_null job.message",
         safe_upgrade="""\
     op.execute("UPDATE job SET message = '' WHERE message IS NULL")
-    op.create_check_constraint(
-        op.f("ck_job_message_not_null"), "job", "message IS NOT NULL", postgresql_not_valid=True
-    )
-    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")
-    op.alter_column("job", "message", existing_type=sa.VARCHAR(), nullable=False)
-    op.drop_constraint(op.f("ck_job_message_not_null"), "job", type_="check")
+    on_postgresql = op.get_context().dialect.name == "postgresql"
+    if on_postgresql:
+        op.create_check_constraint(
+            op.f("ck_job_message_not_null"),
+            "job",
+            "message IS NOT NULL",
+            postgresql_not_valid=True,
+        )
+        op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")
+    with op.batch_alter_table("job", schema=None) as batch_op:
+        batch_op.alter_column("message", existing_type=sa.VARCHAR(), nullable=False)
+    if on_postgresql:
+        op.drop_constraint(op.f("ck_job_message_not_null"), "job", type_="check")
 """,
     ),
     "foreign key": Hazard(

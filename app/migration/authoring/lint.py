@@ -269,17 +269,18 @@ class RecordingImpl(DefaultImpl):
             self.flag(
                 "validated_constraint",
                 where,
-                "builds the constraint's index under a lock that blocks every write; build a "
-                "unique index concurrently (autocommit block, postgresql_concurrently=True), "
-                "then op.execute('ALTER TABLE ... ADD CONSTRAINT ... USING INDEX ...')",
+                "builds the constraint's index under an ACCESS EXCLUSIVE lock, which blocks "
+                "reads and writes; build a unique index concurrently (autocommit block, "
+                "postgresql_concurrently=True), then op.execute('ALTER TABLE ... ADD "
+                "CONSTRAINT ... USING INDEX ...')",
             )
         elif not const.dialect_options["postgresql"]["not_valid"]:
             self.flag(
                 "validated_constraint",
                 where,
-                "checks every existing row while holding a lock that blocks writes; add it "
-                "with postgresql_not_valid=True, then op.execute('ALTER TABLE ... VALIDATE "
-                "CONSTRAINT ...'), which does not block them",
+                "checks every existing row while holding a lock that blocks writes (a check "
+                "blocks reads too); add it with postgresql_not_valid=True, then "
+                "op.execute('ALTER TABLE ... VALIDATE CONSTRAINT ...'), which blocks neither",
             )
 
     def remember_not_null_check(self, table_name: str, check: sa.CheckConstraint) -> None:
@@ -397,13 +398,14 @@ def lint_revision(script: Script) -> list[Finding]:
     for flag in flags:
         where = ACKNOWLEDGED_IN[flag.kind]
         reason = str(getattr(script.module, where, {}).get(flag.key, "")).strip()
+        naming = ", naming the release that stopped reading it" if flag.kind in CONTRACTS else ""
         if not reason:
-            found(flag.key, f"{flag.problem}; if intended, acknowledge it in {where}")
-        elif flag.kind in CONTRACTS and not RELEASE.search(reason):
+            found(flag.key, f"{flag.problem}; if intended, acknowledge it in {where}{naming}")
+        elif naming and not RELEASE.search(reason):
             found(
                 flag.key,
                 f"its acknowledgement in {where} must name the release that stopped reading "
-                "the old name (a version such as 0.4.0)",
+                "it (a version such as 0.4.0)",
             )
     for where in sorted(set(ACKNOWLEDGED_IN.values())):
         done = {flag.key for flag in flags if ACKNOWLEDGED_IN[flag.kind] == where}
