@@ -93,6 +93,15 @@ FLAGGED = {
         '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)',
         ["not_null job.message", "set_not_null job.message"],
     ),
+    "check in SQL without NOT VALID": (
+        "    op.execute(\n"
+        "        'ALTER TABLE job ADD CONSTRAINT ck_job_message_not_null '\n"
+        "        'CHECK (message IS NOT NULL)'\n"
+        "    )\n"
+        '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
+        '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)',
+        ["set_not_null job.message"],
+    ),
     "validated foreign key": (
         '    op.create_foreign_key("fk_task_job", "clienttask", "job", ["job_id"], ["id"])',
         ["validated_constraint clienttask.fk_task_job"],
@@ -156,6 +165,14 @@ HARMLESS = {
         '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
         '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)\n'
         '    op.drop_constraint("ck_job_message_not_null", "job", type_="check")'
+    ),
+    "check NOT VALID in SQL, VALIDATE, then SET NOT NULL": (
+        "    op.execute(\n"
+        "        'ALTER TABLE job ADD CONSTRAINT ck_job_message_not_null '\n"
+        "        'CHECK (message IS NOT NULL) NOT VALID'\n"
+        "    )\n"
+        '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
+        '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)'
     ),
     "foreign key NOT VALID, then VALIDATE": (
         "    op.create_foreign_key(\n"

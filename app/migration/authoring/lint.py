@@ -25,7 +25,9 @@ acknowledged in `acknowledged_lock_hazards`:
 * `index_not_concurrent <table>.<index>`: an index built without CONCURRENTLY,
   or with it outside `op.get_context().autocommit_block()`;
 * `set_not_null <table>.<column>`: SET NOT NULL without a validated
-  `CHECK (<column> IS NOT NULL)` added NOT VALID earlier in the revision;
+  `CHECK (<column> IS NOT NULL)` added NOT VALID earlier in the revision
+  (`op.create_check_constraint(..., postgresql_not_valid=True)` or that
+  `ALTER TABLE` in `op.execute`, then `VALIDATE CONSTRAINT` in `op.execute`);
 * `validated_constraint <table>.<constraint>`: a foreign key or check added
   without NOT VALID, or a unique or primary key constraint added directly;
 * `rewriting_type <table>.<column>`: a type change PostgreSQL does by rewriting
@@ -85,6 +87,11 @@ RELEASE = re.compile(r"\b\d+\.\d+(\.\d+)?\b")
 INTEGER_WIDTHS = {sa.SmallInteger: 1, sa.Integer: 2, sa.BigInteger: 3}
 POSTGRESQL = postgresql.dialect()
 VALIDATE_CONSTRAINT = re.compile(r"\bVALIDATE\s+CONSTRAINT\s+\"?(\w+)\"?", re.IGNORECASE)
+NOT_VALID_NOT_NULL_CHECK = re.compile(
+    r"ALTER\s+TABLE\s+(?:ONLY\s+)?\"?(\w+)\"?\s+ADD\s+CONSTRAINT\s+\"?(\w+)\"?\s+"
+    r"CHECK\s*\(\s*\"?(\w+)\"?\s+IS\s+NOT\s+NULL\s*\)\s+NOT\s+VALID",
+    re.IGNORECASE,
+)
 IS_NOT_NULL = re.compile(r"^\(?\s*\"?(\w+)\"?\s+IS\s+NOT\s+NULL\s*\)?$", re.IGNORECASE)
 SIZED_TYPE = re.compile(r"^([A-Z ]+?)\s*(?:\((\d+)(?:,\s*(\d+))?\))?$")
 STRING_TYPES = {"VARCHAR", "TEXT"}
@@ -292,6 +299,8 @@ class RecordingImpl(DefaultImpl):
         self.data_steps += 1
         text = sql if isinstance(sql, str) else getattr(sql, "text", "")
         self.validated_constraints.update(VALIDATE_CONSTRAINT.findall(text))
+        for table_name, name, column_name in NOT_VALID_NOT_NULL_CHECK.findall(text):
+            self.not_null_checks[name] = (table_name, column_name)
 
     def bulk_insert(self, table: Any, rows: Any, multiinsert: bool = True) -> None:
         self.data_steps += 1
