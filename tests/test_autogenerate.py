@@ -274,7 +274,10 @@ def test_a_renamed_field_becomes_a_reviewed_rename_that_keeps_every_value(
     assert "batch_op.drop_column(" not in text and "batch_op.add_column(" not in text
     assert "Written as a rename, to review" in generated.stderr
     assert ruff_problems(revision, "check") == ""
-    assert project.python("-m", "app.migration.authoring.lint").returncode == 0
+    assert "rename_column clienttask.save_path: renames the column" in generated.stdout
+    lint = project.python("-m", "app.migration.authoring.lint")
+    assert lint.returncode == 1
+    assert lint.stdout.count("\n") == 1 and ": rename_column clienttask.save_path: " in lint.stdout
 
     project.alembic_ok("upgrade", "head")
     assert task_paths(project.url, "download_path") == before_rows

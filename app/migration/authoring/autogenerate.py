@@ -162,9 +162,11 @@ def write_renames(upgrade_ops: ops.UpgradeOps, downgrade_ops: ops.DowngradeOps) 
         old, new = drop.to_column(), add.column
         note = ReviewNote(
             f"REVIEW: {table_op.table_name}.{old.name} was dropped and {new.name} added: "
-            f"written as a rename that keeps the values. If {new.name} is really a new "
-            f"column, replace this by drop_column({old.name!r}) and add_column, and "
-            "acknowledge the drop (see docs/migrations.md)."
+            f"written as a rename that keeps the values. The previous release still "
+            f"reads {old.name}: acknowledge the rename with the release that stops reading "
+            f"it, or expand now and contract later. If {new.name} is really a new column, "
+            f"replace this by drop_column({old.name!r}) and add_column, and acknowledge the "
+            "drop (see docs/migrations.md)."
         )
         replace_ops(table_op, [drop, add], [note, rename_op(table_op, old, new)])
         for reverse_op in downgrade_ops.ops:

@@ -1,11 +1,16 @@
-"""A lint for revisions that can lose data, run by a test in the suite and by
-`python -m app.migration.authoring.lint`.
+"""A lint for revisions that can lose data or lock a busy PostgreSQL table, run
+by a test in the suite, by `python -m app.migration.authoring.lint`, and by
+alembic.ini's post-write hook on every revision `alembic revision` writes.
 
 Each revision's `upgrade()` is run against a recording stand-in for Alembic's
 DDL implementation (offline, PostgreSQL dialect, nothing executed), which sees
-every operation, batch blocks included. Flagged:
+every operation, batch blocks and autocommit blocks included.
 
-* `drop_table <table>` and `drop_column <table>.<column>`: the rows or values go;
+Data loss, acknowledged in `acknowledged_data_loss`:
+
+* `drop_table <table>` and `drop_column <table>.<column>`: the rows or values
+  go, and the previous release, still serving during a rolling upgrade, may
+  read them (expand now, contract in a later release);
 * `narrow_type <table>.<column>`: a type change that may not hold every old
   value (shorter string, smaller integer, another kind of type, or a change
   whose old type the revision does not state);
@@ -14,22 +19,43 @@ every operation, batch blocks included. Flagged:
   (`op.execute`) before it in the revision: it fails on a table with rows, or
   needs a fill.
 
-A revision acknowledges a flagged operation with a module-level dict whose
-keys are exactly those strings and whose values say why it is safe:
+PostgreSQL lock hazards on a table the revision did not create itself,
+acknowledged in `acknowledged_lock_hazards`:
+
+* `index_not_concurrent <table>.<index>`: an index built without CONCURRENTLY,
+  or with it outside `op.get_context().autocommit_block()`;
+* `set_not_null <table>.<column>`: SET NOT NULL without a validated
+  `CHECK (<column> IS NOT NULL)` added NOT VALID earlier in the revision
+  (`op.create_check_constraint(..., postgresql_not_valid=True)` or that
+  `ALTER TABLE` in `op.execute`, then `VALIDATE CONSTRAINT` in `op.execute`);
+* `validated_constraint <table>.<constraint>`: a foreign key or check added
+  without NOT VALID, or a unique or primary key constraint added directly;
+* `rewriting_type <table>.<column>`: a type change PostgreSQL does by rewriting
+  the table;
+* `rename_table <table>` and `rename_column <table>.<column>`: the previous
+  release, still serving, reads the old name.
+
+A revision acknowledges a flagged operation in the dict its kind belongs to,
+keyed exactly as the lint reports, each value saying why it is safe:
 
     acknowledged_data_loss = {
-        "drop_column job.note": "note was never written by any release",
+        "drop_column job.note": "no release reads note since 0.3.0",
     }
 
-An acknowledgement for an operation the revision does not perform is flagged
-too, so the list stays true. Downgrades are not linted: undoing a revision
-drops what it added by design, and a SQLite downgrade is backed up first.
+The reason for a drop or a rename must name the release that stopped reading
+the old table or column (a version such as 0.3.0). An acknowledgement for an
+operation the revision does not perform is flagged too, so the lists stay
+true. Downgrades are not linted: undoing a revision drops what it added by
+design, and a SQLite downgrade is backed up first.
 """
 
+import argparse
 import io
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,11 +63,58 @@ from alembic.ddl.impl import DefaultImpl
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.dialects import postgresql
 
 from app.migration.authoring.autogenerate import generic_type
 
-ACKNOWLEDGEMENTS = "acknowledged_data_loss"
+DATA_LOSS = "acknowledged_data_loss"
+LOCK_HAZARDS = "acknowledged_lock_hazards"
+ACKNOWLEDGED_IN = {
+    "drop_table": DATA_LOSS,
+    "drop_column": DATA_LOSS,
+    "narrow_type": DATA_LOSS,
+    "not_null": DATA_LOSS,
+    "index_not_concurrent": LOCK_HAZARDS,
+    "set_not_null": LOCK_HAZARDS,
+    "validated_constraint": LOCK_HAZARDS,
+    "rewriting_type": LOCK_HAZARDS,
+    "rename_table": LOCK_HAZARDS,
+    "rename_column": LOCK_HAZARDS,
+}
+CONTRACTS = {"drop_table", "drop_column", "rename_table", "rename_column"}
+RELEASE = re.compile(r"\b\d+\.\d+(\.\d+)?\b")
 INTEGER_WIDTHS = {sa.SmallInteger: 1, sa.Integer: 2, sa.BigInteger: 3}
+POSTGRESQL = postgresql.dialect()
+VALIDATE_CONSTRAINT = re.compile(r"\bVALIDATE\s+CONSTRAINT\s+\"?(\w+)\"?", re.IGNORECASE)
+NOT_VALID_NOT_NULL_CHECK = re.compile(
+    r"ALTER\s+TABLE\s+(?:ONLY\s+)?\"?(\w+)\"?\s+ADD\s+CONSTRAINT\s+\"?(\w+)\"?\s+"
+    r"CHECK\s*\(\s*\"?(\w+)\"?\s+IS\s+NOT\s+NULL\s*\)\s+NOT\s+VALID",
+    re.IGNORECASE,
+)
+IS_NOT_NULL = re.compile(r"^\(?\s*\"?(\w+)\"?\s+IS\s+NOT\s+NULL\s*\)?$", re.IGNORECASE)
+SIZED_TYPE = re.compile(r"^([A-Z ]+?)\s*(?:\((\d+)(?:,\s*(\d+))?\))?$")
+STRING_TYPES = {"VARCHAR", "TEXT"}
+UNBOUNDED_WITHOUT_REWRITE = {(old, new) for old in STRING_TYPES for new in STRING_TYPES} | {
+    ("NUMERIC", "NUMERIC")
+}
+EXPAND_CONTRACT = (
+    "the previous release, still serving during a rolling upgrade, may read it: expand now, "
+    "contract in a later release"
+)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flagged operation: `kind` names the rule, `key` is what an acknowledgement names."""
+
+    kind: str
+    subject: str
+    problem: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind} {self.subject}"
 
 
 @dataclass(frozen=True)
@@ -56,59 +129,191 @@ class Finding:
 
 
 class RecordingImpl(DefaultImpl):
-    """Alembic's DDL implementation, with what may lose data recorded instead of run."""
+    """Alembic's DDL implementation, with what may lose data or lock a table recorded."""
 
     def __init__(self, context: MigrationContext) -> None:
         super().__init__(context.dialect, None, True, True, io.StringIO(), context.opts)
-        self.flags: list[tuple[str, str]] = []
+        self.flags: list[Flag] = []
         self.data_steps = 0
+        self.created_tables: set[str] = set()
+        self.in_autocommit_block = False
+        self.not_null_checks: dict[str, tuple[str, str]] = {}
+        self.validated_constraints: set[str] = set()
+
+    def flag(self, kind: str, subject: str, problem: str) -> None:
+        self.flags.append(Flag(kind, subject, problem))
+
+    def existed_before(self, table_name: str) -> bool:
+        """Whether the table may hold rows: the revision did not create it itself."""
+        return table_name not in self.created_tables
+
+    def create_table(self, table: sa.Table, **kw: Any) -> None:
+        self.created_tables.add(table.name)
+        super().create_table(table, **kw)
 
     def drop_table(self, table: sa.Table, **_kw: Any) -> None:
-        self.flags.append((f"drop_table {table.name}", "drops the table and every row in it"))
+        self.flag(
+            "drop_table", table.name, f"drops the table and every row in it; {EXPAND_CONTRACT}"
+        )
 
     def drop_column(self, table_name: str, column: sa.Column, **_kw: Any) -> None:
-        self.flags.append(
-            (f"drop_column {table_name}.{column.name}", "drops the column and its values")
+        self.flag(
+            "drop_column",
+            f"{table_name}.{column.name}",
+            f"drops the column and its values; {EXPAND_CONTRACT}",
+        )
+
+    def rename_table(self, old_table_name: str, new_table_name: str, **_kw: Any) -> None:
+        if not self.existed_before(old_table_name):
+            self.created_tables.add(new_table_name)
+            return
+        self.flag(
+            "rename_table",
+            old_table_name,
+            f"renames the table to {new_table_name}; {EXPAND_CONTRACT} (create the new "
+            "table, write both, copy, and drop the old one once no release reads it)",
         )
 
     def add_column(self, table_name: str, column: sa.Column, **_kw: Any) -> None:
         if not column.nullable and column.server_default is None and not column.primary_key:
-            self.flags.append(
-                (
-                    f"not_null {table_name}.{column.name}",
-                    "adds a NOT NULL column without a server default: fails on a table "
-                    "with rows (add it nullable, fill it, then make it NOT NULL)",
-                )
+            self.flag(
+                "not_null",
+                f"{table_name}.{column.name}",
+                "adds a NOT NULL column without a server default: fails on a table "
+                "with rows (add it nullable, fill it, then make it NOT NULL)",
             )
 
     def alter_column(self, table_name: str, column_name: str, **kw: Any) -> None:
         where = f"{table_name}.{column_name}"
         new_type, old_type = kw.get("type_"), kw.get("existing_type")
         if new_type is not None and (old_type is None or narrows(old_type, new_type)):
-            self.flags.append((f"narrow_type {where}", describe_narrowing(old_type, new_type)))
-        if kw.get("nullable") is False and not self.filled(kw):
-            self.flags.append(
-                (
-                    f"not_null {where}",
-                    "makes the column NOT NULL with no server default and no data step "
-                    "(op.execute) before it to fill existing NULLs",
-                )
+            self.flag("narrow_type", where, describe_narrowing(old_type, new_type))
+        if kw.get("nullable") is False and not self.filled(table_name, kw):
+            self.flag(
+                "not_null",
+                where,
+                "makes the column NOT NULL with no server default and no data step "
+                "(op.execute) before it to fill existing NULLs",
+            )
+        if self.existed_before(table_name):
+            self.lock_hazards_of_alter(table_name, column_name, kw)
+
+    def lock_hazards_of_alter(self, table_name: str, column_name: str, kw: dict) -> None:
+        where = f"{table_name}.{column_name}"
+        new_type, old_type = kw.get("type_"), kw.get("existing_type")
+        if new_type is not None and old_type is not None and rewrites_table(old_type, new_type):
+            self.flag(
+                "rewriting_type",
+                where,
+                f"changes the type from {compiled(old_type)} to {compiled(new_type)}, which "
+                "PostgreSQL does by rewriting the table under an ACCESS EXCLUSIVE lock; "
+                "instead add a column of the new type, backfill it in batches, move the "
+                "code to it, and drop the old column in a later release",
+            )
+        if kw.get("nullable") is False and not self.proven_not_null(table_name, column_name):
+            self.flag(
+                "set_not_null",
+                where,
+                "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock; first "
+                f"add CHECK ({column_name} IS NOT NULL) with op.create_check_constraint(..., "
+                "postgresql_not_valid=True), then op.execute('ALTER TABLE ... VALIDATE "
+                "CONSTRAINT ...'), then SET NOT NULL (it then skips the scan), then drop "
+                "the check",
+            )
+        if kw.get("name") is not None:
+            self.flag(
+                "rename_column",
+                where,
+                f"renames the column to {kw['name']}; {EXPAND_CONTRACT} (add the new "
+                "column, write both, backfill, and drop the old one once no release reads it)",
             )
 
-    def filled(self, kw: dict) -> bool:
+    def proven_not_null(self, table_name: str, column_name: str) -> bool:
+        """Whether a validated CHECK (column IS NOT NULL) lets SET NOT NULL skip its scan."""
+        return any(
+            self.not_null_checks.get(name) == (table_name, column_name)
+            for name in self.validated_constraints
+        )
+
+    def filled(self, table_name: str, kw: dict) -> bool:
+        """Whether no NULL can be left: a server default, a data step, or a table this
+        revision created."""
         server_default = kw.get("server_default", False)
         if server_default is False:  # unchanged: the existing one, if any, stays
             server_default = kw.get("existing_server_default")
-        return server_default not in (None, False) or self.data_steps > 0
+        has_default = server_default not in (None, False)
+        return has_default or self.data_steps > 0 or not self.existed_before(table_name)
+
+    def create_index(self, index: sa.Index, **_kw: Any) -> None:
+        table_name = index.table.name
+        if not self.existed_before(table_name):
+            return
+        where = f"{table_name}.{index.name}"
+        if not index.dialect_options["postgresql"]["concurrently"]:
+            self.flag(
+                "index_not_concurrent",
+                where,
+                "builds the index without CONCURRENTLY, blocking every write to the table "
+                "until it is done; write it inside `with op.get_context().autocommit_block():` "
+                "as op.create_index(..., postgresql_concurrently=True)",
+            )
+        elif not self.in_autocommit_block:
+            self.flag(
+                "index_not_concurrent",
+                where,
+                "CREATE INDEX CONCURRENTLY cannot run inside a transaction; put it inside "
+                "`with op.get_context().autocommit_block():`",
+            )
+
+    def add_constraint(self, const: Any, **_kw: Any) -> None:
+        table_name = const.table.name
+        if isinstance(const, sa.CheckConstraint):
+            self.remember_not_null_check(table_name, const)
+        if not self.existed_before(table_name):
+            return
+        where = f"{table_name}.{const.name}"
+        if isinstance(const, sa.UniqueConstraint | sa.PrimaryKeyConstraint):
+            self.flag(
+                "validated_constraint",
+                where,
+                "builds the constraint's index under an ACCESS EXCLUSIVE lock, which blocks "
+                "reads and writes; build a unique index concurrently (autocommit block, "
+                "postgresql_concurrently=True), then op.execute('ALTER TABLE ... ADD "
+                "CONSTRAINT ... USING INDEX ...')",
+            )
+        elif not const.dialect_options["postgresql"]["not_valid"]:
+            self.flag(
+                "validated_constraint",
+                where,
+                "checks every existing row while holding a lock that blocks writes (a check "
+                "blocks reads too); add it with postgresql_not_valid=True, then "
+                "op.execute('ALTER TABLE ... VALIDATE CONSTRAINT ...'), which blocks neither",
+            )
+
+    def remember_not_null_check(self, table_name: str, check: sa.CheckConstraint) -> None:
+        match = IS_NOT_NULL.match(str(check.sqltext).strip())
+        if match and check.name is not None:
+            self.not_null_checks[str(check.name)] = (table_name, match.group(1))
 
     def execute(self, sql: Any, execution_options: Any = None) -> None:
         self.data_steps += 1
+        text = sql if isinstance(sql, str) else getattr(sql, "text", "")
+        self.validated_constraints.update(VALIDATE_CONSTRAINT.findall(text))
+        for table_name, name, column_name in NOT_VALID_NOT_NULL_CHECK.findall(text):
+            self.not_null_checks[name] = (table_name, column_name)
 
     def bulk_insert(self, table: Any, rows: Any, multiinsert: bool = True) -> None:
         self.data_steps += 1
 
+    def emit_commit(self) -> None:
+        """Offline, an autocommit block starts with COMMIT (and ends with BEGIN)."""
+        self.in_autocommit_block = True
+
+    def emit_begin(self) -> None:
+        self.in_autocommit_block = False
+
     def _exec(self, construct: Any, *args: Any, **kw: Any) -> None:
-        """Every other operation (create table, indexes, ...) is harmless here."""
+        """Every other operation (create table, drop index, ...) is harmless here."""
         return None
 
 
@@ -145,8 +350,45 @@ def describe_narrowing(old: Any, new: Any) -> str:
     return f"changes the type from {old!r} to {new!r}, which may not hold every old value"
 
 
-def destructive_operations(script: Script) -> list[tuple[str, str]]:
-    """(key, problem) for each flagged operation of the revision's upgrade()."""
+def compiled(column_type: sa.types.TypeEngine) -> str:
+    """The type as PostgreSQL's DDL spells it, e.g. `VARCHAR(20)`; its repr if it has none."""
+    try:
+        return column_type.compile(dialect=POSTGRESQL)
+    except sa.exc.CompileError:
+        return repr(column_type)
+
+
+def rewrites_table(old: sa.types.TypeEngine, new: sa.types.TypeEngine) -> bool:
+    """Whether PostgreSQL rewrites the table to change a column from `old` to `new`.
+
+    Only a few changes keep the stored bytes and skip the rewrite: a varchar
+    made longer or unbounded, varchar to text, and a numeric given more
+    precision at the same scale (or none). Everything else rewrites.
+    """
+    old_name, old_size, old_scale = sized_type(compiled(old))
+    new_name, new_size, new_scale = sized_type(compiled(new))
+    if (old_name, old_size, old_scale) == (new_name, new_size, new_scale):
+        return False
+    if new_size is None and (old_name, new_name) in UNBOUNDED_WITHOUT_REWRITE:
+        return False
+    if old_size is None or new_size is None:
+        return True
+    if old_name in STRING_TYPES and new_name in STRING_TYPES:
+        return new_size < old_size
+    return not (old_name == new_name == "NUMERIC" and old_scale == new_scale) or new_size < old_size
+
+
+def sized_type(ddl: str) -> tuple[str, int | None, int | None]:
+    """`VARCHAR(20)` -> ("VARCHAR", 20, None); a type this cannot read stays whole."""
+    match = SIZED_TYPE.match(ddl.upper())
+    if match is None:
+        return ddl.upper(), None, None
+    name, size, scale = match.groups()
+    return name, int(size) if size else None, int(scale) if scale else None
+
+
+def flagged_operations(script: Script) -> list[Flag]:
+    """Each flagged operation of the revision's upgrade()."""
     context = MigrationContext.configure(dialect_name="postgresql", opts={"as_sql": True})
     recording = RecordingImpl(context)
     context.impl = recording
@@ -156,18 +398,28 @@ def destructive_operations(script: Script) -> list[tuple[str, str]]:
 
 
 def lint_revision(script: Script) -> list[Finding]:
-    acknowledged: dict[str, str] = getattr(script.module, ACKNOWLEDGEMENTS, {})
     findings = []
 
     def found(key: str, problem: str) -> None:
         findings.append(Finding(script.revision, script.path, key, problem))
 
-    flagged = destructive_operations(script)
-    for key, problem in flagged:
-        if not str(acknowledged.get(key, "")).strip():
-            found(key, f"{problem}; if intended, acknowledge it in {ACKNOWLEDGEMENTS}")
-    for key in sorted(set(acknowledged) - {key for key, _ in flagged}):
-        found(key, f"acknowledged in {ACKNOWLEDGEMENTS} but the revision does not do it")
+    flags = flagged_operations(script)
+    for flag in flags:
+        where = ACKNOWLEDGED_IN[flag.kind]
+        reason = str(getattr(script.module, where, {}).get(flag.key, "")).strip()
+        naming = ", naming the release that stopped reading it" if flag.kind in CONTRACTS else ""
+        if not reason:
+            found(flag.key, f"{flag.problem}; if intended, acknowledge it in {where}{naming}")
+        elif naming and not RELEASE.search(reason):
+            found(
+                flag.key,
+                f"its acknowledgement in {where} must name the release that stopped reading "
+                "it (a version such as 0.4.0)",
+            )
+    for where in sorted(set(ACKNOWLEDGED_IN.values())):
+        done = {flag.key for flag in flags if ACKNOWLEDGED_IN[flag.kind] == where}
+        for key in sorted(set(getattr(script.module, where, {})) - done):
+            found(key, f"acknowledged in {where} but the revision does not do it")
     return findings
 
 
@@ -177,7 +429,33 @@ def lint_revisions(script_directory: ScriptDirectory) -> list[Finding]:
     return [finding for script in revisions for finding in lint_revision(script)]
 
 
-def main(report: Callable[[str], None] = print) -> int:
+def revision_at(path: Path) -> Script:
+    """The revision whose file is `path`, read from the versions folder it sits in."""
+    migrations_dir = path.resolve().parents[1]
+    for script in ScriptDirectory(str(migrations_dir)).walk_revisions():
+        if Path(script.path).resolve() == path.resolve():
+            return script
+    raise LookupError(f"{path} is not a revision file of {migrations_dir}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.migration.authoring.lint",
+        description="Flag revisions that lose data or lock a busy PostgreSQL table; exit 1 "
+        "when any revision is flagged.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    hook = commands.add_parser(
+        "hook", help="alembic's post-write hook: print this revision's findings, always exit 0"
+    )
+    hook.add_argument("revision_file", type=Path)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] = (), report: Callable[[str], None] = print) -> int:
+    args = parse_args(argv)
+    if args.command == "hook":
+        return report_new_revision(args.revision_file, report)
     from app.migration.revisions import script_directory
 
     findings = lint_revisions(script_directory())
@@ -186,5 +464,22 @@ def main(report: Callable[[str], None] = print) -> int:
     return 1 if findings else 0
 
 
+def report_new_revision(path: Path, report: Callable[[str], None]) -> int:
+    """Warn about a revision just written; CI's lint test is what fails on it."""
+    try:
+        findings = lint_revision(revision_at(path))
+    except (LookupError, CommandError) as exc:
+        report(f"lint: error: {exc}")
+        return 1
+    for finding in findings:
+        report(f"lint: {finding}")
+    if findings:
+        report(
+            f"lint: {len(findings)} finding(s) in {path.name}: change the revision or "
+            "acknowledge them (docs/migrations.md); the test suite fails until then"
+        )
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
