@@ -115,12 +115,12 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
     shown = settings.database_url.render_as_string(hide_password=True)
     if settings.is_sqlite:
         return plan_on_copy(settings, script, shown)
-    notice(
+    warning = (
         "Rehearsing the upgrade on the live PostgreSQL database in a transaction that is "
         "rolled back: the table locks listed are held while the rehearsal runs, each wait "
         f"bounded by lock_timeout ({settings.table_lock_timeout} s)."
     )
-    plan = rehearse(settings, script, shown)
+    plan = rehearse(settings, script, shown, lambda: notice(warning))
     plan.summary = summary_of(plan)
     return plan
 
@@ -183,8 +183,16 @@ def copy_for_plan(database: Path, copy: Path) -> None:
         ) from None
 
 
-def rehearse(settings: Settings, script: ScriptDirectory, shown: str) -> Plan:
-    """Run the upgrade on `settings`' database, watched, and roll it back at its commit."""
+def rehearse(
+    settings: Settings,
+    script: ScriptDirectory,
+    shown: str,
+    connected: Callable[[], None] = lambda: None,
+) -> Plan:
+    """Run the upgrade on `settings`' database, watched, and roll it back at its commit.
+
+    `connected` is called once the database answers, before the rehearsal starts.
+    """
     heads = tuple(script.get_heads())
     plan = Plan(database=shown, engine=settings.database_url.get_backend_name())
     plan.heads = list(heads)
@@ -192,6 +200,7 @@ def rehearse(settings: Settings, script: ScriptDirectory, shown: str) -> Plan:
     with connect_for_migrations(settings) as connection:
         plan.current = list(current_heads(connection))
         connection.rollback()
+        connected()
         if on_copy:
             discard_on_close(connection)
         rehearsal = Rehearsal(connection, heads, refuse_commit=not on_copy)
