@@ -541,3 +541,39 @@ def wait_until_building(url: URL, index: str) -> None:
             connection.rollback()
             time.sleep(0.05)
     pytest.fail(f"the build of {index} never began")
+
+
+def test_autocommit_block_through_a_handed_in_engine(postgres_url: URL, tmp_path: Path) -> None:
+    """pytest-alembic's way: an engine handed in, not an open transaction."""
+    settings = settings_for(postgres_url, tmp_path / "data")
+    project = project_with(tmp_path, [CONCURRENT_INDEX])
+    engine = sa.create_engine(postgres_url)
+    try:
+        command.upgrade(scratch_config(project, settings, engine), "head")
+    finally:
+        engine.dispose()
+
+    versions, indexes = versions_and_indexes(postgres_url)
+    assert versions == [INDEX_REVISION]
+    assert "ix_job_source_site_created_at" in indexes
+
+
+def test_lock_timeout_in_a_callers_transaction_is_not_retried(
+    postgres_url: URL, tmp_path: Path, caplog: pytest.LogCaptureFixture, short_pauses
+) -> None:
+    config = priority_pending(postgres_url, tmp_path, retries=5)
+    caplog.set_level("INFO")
+    caplog.clear()
+
+    with (
+        job_table_held(postgres_url, JOB_READ, seconds=60),
+        plain_connection(postgres_url) as connection,
+        connection.begin(),
+        pytest.raises(MigrationError) as refusal,
+    ):
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    assert "canceling statement due to lock timeout" in str(refusal.value)
+    assert "retries" not in str(refusal.value)
+    assert "retry" not in caplog.text

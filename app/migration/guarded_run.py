@@ -41,7 +41,6 @@ run the same env.py.
 """
 
 import logging
-import traceback
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -63,10 +62,13 @@ from app.migration.adoption.adopt import (
 from app.migration.backup import backup_database, prune_backups
 from app.migration.connection import connect_for_migrations, migration_settings, probe
 from app.migration.errors import (
+    AUTOCOMMIT_IN_CALLER_TRANSACTION,
     MigrationError,
     TableLockTimeoutError,
     describe_database_error,
     is_lock_timeout,
+    raised_in_autocommit_block,
+    statement_summary,
 )
 from app.migration.invalid_indexes import drop_invalid_indexes
 from app.migration.journal import HistoryRecorder
@@ -84,8 +86,6 @@ from app.migration.revisions import (
 from app.migration.views_and_triggers import views_and_triggers_set_aside
 
 log = logging.getLogger(__name__)
-
-STATEMENT_SHOWN = 80
 
 
 def writes_to_database(env: EnvironmentContext) -> bool:
@@ -230,7 +230,7 @@ def failures_explained(
             f"{describe_database_error(exc, connection.engine.url)}{backup_note(attempt)}"
         )
         if is_lock_timeout(exc):
-            raise TableLockTimeoutError(message, first_line(exc.statement)) from None
+            raise TableLockTimeoutError(message, statement_summary(exc.statement)) from None
         raise MigrationError(message) from None
     except Exception as exc:
         if raised_in_autocommit_block(exc):
@@ -249,26 +249,6 @@ def what_was_undone(attempt: Attempt) -> str:
             "was rolled back, and the next run starts from the revision it left)"
         )
     return " and was rolled back"
-
-
-def first_line(statement: str | None) -> str:
-    """The failed statement on one line, short enough for a log line."""
-    line = " ".join((statement or "").split())
-    return line if len(line) <= STATEMENT_SHOWN else f"{line[: STATEMENT_SHOWN - 3]}..."
-
-
-AUTOCOMMIT_IN_CALLER_TRANSACTION = (
-    "a revision runs statements outside a transaction (autocommit_block), which Alembic cannot "
-    "do inside the transaction the caller handed in; hand the connection in outside a "
-    "transaction (the caller's transaction was not committed)"
-)
-
-
-def raised_in_autocommit_block(exc: Exception) -> bool:
-    """Whether Alembic's `autocommit_block` refused to leave a transaction it did not begin."""
-    if not isinstance(exc, AssertionError):
-        return False
-    return traceback.extract_tb(exc.__traceback__)[-1].name == "autocommit_block"
 
 
 def backup_note(attempt: Attempt) -> str:
