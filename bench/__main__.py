@@ -18,6 +18,7 @@ BENCHMARKS = {
     "backup": "bench.backup",
     "adoption": "bench.adoption",
     "container": "bench.container",
+    "locks": "bench.locks",
 }
 MIN_RUNS = 5
 

@@ -1,0 +1,61 @@
+"""Expand: job.priority, nullable, indexed concurrently, filled in batches.
+
+The first half of an expand/contract change (docs/replicas.md). Every step
+leaves a schema the previous release still serves from: its SELECTs name
+their columns, and its INSERTs leave the new column NULL. No step holds a
+lock that stops the service's reads or writes for longer than a catalogue
+update:
+
+* ADD COLUMN without a default changes only the catalogue;
+* the index is built CONCURRENTLY, which needs no transaction around it, so
+  the run's transaction is committed first (`autocommit_block`);
+* the fill runs in batches of BATCH_ROWS rows, each its own short
+  transaction, so no row stays locked for long.
+
+Rows the previous release inserts after its batch stay NULL; the contract
+revision fills them before it makes the column NOT NULL.
+
+Revision ID: e5a7d1000001
+Revises: bd4dbe993fef
+Create Date: 2026-12-03 14:00:00+00:00
+
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "e5a7d1000001"
+down_revision: str | Sequence[str] | None = "bd4dbe993fef"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+BATCH_ROWS = 1_000
+FILL_BATCH = sa.text(
+    "UPDATE job SET priority = CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END "
+    "WHERE id IN (SELECT id FROM job WHERE id > :after ORDER BY id LIMIT :batch) "
+    "RETURNING id"
+)
+
+
+def upgrade() -> None:
+    """Upgrade schema."""
+    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True))
+    with op.get_context().autocommit_block():
+        op.create_index(op.f("ix_job_priority"), "job", ["priority"], postgresql_concurrently=True)
+        fill_priority()
+
+
+def fill_priority() -> None:
+    """Walk the primary key in batches; each UPDATE commits on its own."""
+    connection, after = op.get_bind(), ""
+    while ids := connection.execute(FILL_BATCH, {"after": after, "batch": BATCH_ROWS}).all():
+        after = max(row.id for row in ids)
+
+
+def downgrade() -> None:
+    """Downgrade schema."""
+    with op.get_context().autocommit_block():
+        op.drop_index(op.f("ix_job_priority"), table_name="job", postgresql_concurrently=True)
+    op.drop_column("job", "priority")
