@@ -16,12 +16,14 @@ from sqlalchemy.pool import NullPool
 REVISIONS_DIR = Path(__file__).resolve().parent / "data" / "rolling"
 EXPAND = "e5a7d1000001"
 CONTRACT = "c0d7ac000002"
-JOB_STATUSES = ("queued", "downloading", "completed", "failed", "cancelled")
+# Finished jobs only: every service start marks the queued and downloading ones as
+# interrupted, one ORM row at a time (app.data.crud.fail_interrupted_jobs).
+FINISHED_STATUSES = ("completed", "failed", "cancelled")
 # One statement on the server: about 20 s for 1,000,000 rows and the released indexes here.
 INSERT_JOBS = sa.text(
     "INSERT INTO job (id, status, progress, downloaded_bytes, source_site, created_at, "
     "updated_at) "
-    "SELECT md5(i::text), (CAST(:statuses AS text[]))[1 + i % 5], i % 100, i * 1000, "
+    "SELECT md5(i::text), (CAST(:statuses AS text[]))[1 + i % 3], i % 100, i * 1000, "
     "'aniworld.to', now() - i * interval '1 second', now() - i * interval '1 second' "
     "FROM generate_series(1, :count) AS i"
 )
@@ -38,7 +40,7 @@ def insert_jobs(url: URL, count: int) -> None:
     engine = sa.create_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
-            connection.execute(INSERT_JOBS, {"statuses": list(JOB_STATUSES), "count": count})
+            connection.execute(INSERT_JOBS, {"statuses": list(FINISHED_STATUSES), "count": count})
     finally:
         engine.dispose()
 
