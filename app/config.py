@@ -32,6 +32,9 @@ SETTING_NAMES = (
     "DB_MIGRATE_ON_STARTUP",
     "DB_BACKUP_KEEP",
     "DB_MIGRATION_LOCK_TIMEOUT",
+    "DB_MIGRATION_TABLE_LOCK_TIMEOUT",
+    "DB_MIGRATION_TABLE_LOCK_RETRIES",
+    "DB_MIGRATION_STATEMENT_TIMEOUT",
     "DB_CONNECT_RETRIES",
     "HOST",
     "PORT",
@@ -51,6 +54,9 @@ class Settings:
     migrate_on_startup: bool
     backup_keep: int
     migration_lock_timeout: float
+    table_lock_timeout: int
+    table_lock_retries: int
+    statement_timeout: int
     connect_retries: int
     host: str
     port: int
@@ -135,24 +141,28 @@ def parse_options(env: Mapping[str, str]) -> dict[str, Any]:
         "migrate_on_startup": parse_bool(
             "DB_MIGRATE_ON_STARTUP", env.get("DB_MIGRATE_ON_STARTUP", "true")
         ),
-        "backup_keep": parse_int(
-            "DB_BACKUP_KEEP", env.get("DB_BACKUP_KEEP", "5"), low=0, high=1000
-        ),
+        "backup_keep": int_option(env, "DB_BACKUP_KEEP", "5", low=0, high=1000),
         "migration_lock_timeout": float(
-            parse_int(
-                "DB_MIGRATION_LOCK_TIMEOUT",
-                env.get("DB_MIGRATION_LOCK_TIMEOUT", "600"),
-                low=1,
-                high=86400,
-            )
+            int_option(env, "DB_MIGRATION_LOCK_TIMEOUT", "600", low=1, high=86400)
         ),
-        "connect_retries": parse_int(
-            "DB_CONNECT_RETRIES", env.get("DB_CONNECT_RETRIES", "10"), low=0, high=1000
+        "table_lock_timeout": int_option(
+            env, "DB_MIGRATION_TABLE_LOCK_TIMEOUT", "5", low=1, high=3600
         ),
+        "table_lock_retries": int_option(
+            env, "DB_MIGRATION_TABLE_LOCK_RETRIES", "5", low=0, high=100
+        ),
+        "statement_timeout": int_option(
+            env, "DB_MIGRATION_STATEMENT_TIMEOUT", "0", low=0, high=86400
+        ),
+        "connect_retries": int_option(env, "DB_CONNECT_RETRIES", "10", low=0, high=1000),
         "host": env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
-        "port": parse_int("PORT", env.get("PORT", "8000"), low=1, high=65535),
+        "port": int_option(env, "PORT", "8000", low=1, high=65535),
         "log_level": parse_choice("LOG_LEVEL", env.get("LOG_LEVEL", "info"), LOG_LEVELS),
     }
+
+
+def int_option(env: Mapping[str, str], name: str, default: str, *, low: int, high: int) -> int:
+    return parse_int(name, env.get(name, default), low=low, high=high)
 
 
 def ensure_data_dir(settings: Settings) -> None:

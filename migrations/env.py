@@ -122,7 +122,6 @@ def run_writing(connection) -> None:
     with protections(context, connection, run_settings(connection)) as run:
         context.configure(connection=connection, on_version_apply=run.clock, **CONFIGURE_OPTIONS)
         with context.begin_transaction():
-            run.take_postgres_lock()
             run.refuse_newer_database()
             run.adopt_and_back_up()
             with run.revisions_running():

@@ -85,8 +85,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Downgrade schema."""
-    raise NotImplementedError("a revision injected by the fault tests")
+{downgrade}
 '''
+NO_DOWNGRADE = '    raise NotImplementedError("a revision injected by the fault tests")'
 
 
 # --- settings for long runs -------------------------------------------------
@@ -114,6 +115,8 @@ class InjectedRevision:
     message: str
     upgrade: str
     """The body of `upgrade()`, indented by four spaces."""
+    downgrade: str = NO_DOWNGRADE
+    """The body of `downgrade()`, likewise."""
 
 
 def copy_project(target: Path) -> Path:
@@ -141,6 +144,7 @@ def inject_revisions(project: Path, revisions: Iterable[InjectedRevision]) -> No
                 revision=injected.revision,
                 down_revision=injected.down_revision,
                 upgrade=injected.upgrade.rstrip(),
+                downgrade=injected.downgrade.rstrip(),
             )
         )
 

@@ -57,6 +57,9 @@ def test_defaults() -> None:
     assert settings.log_level == "info"
     assert settings.host == "0.0.0.0"
     assert settings.migration_lock_timeout == 600.0
+    assert settings.table_lock_timeout == 5
+    assert settings.table_lock_retries == 5
+    assert settings.statement_timeout == 0
     assert settings.connect_retries == 10
 
 
@@ -74,6 +77,9 @@ def test_good_value_for_every_variable(tmp_path: Path) -> None:
             "DB_MIGRATE_ON_STARTUP": " False ",
             "DB_BACKUP_KEEP": "0",
             "DB_MIGRATION_LOCK_TIMEOUT": "30",
+            "DB_MIGRATION_TABLE_LOCK_TIMEOUT": " 2 ",
+            "DB_MIGRATION_TABLE_LOCK_RETRIES": "0",
+            "DB_MIGRATION_STATEMENT_TIMEOUT": "900",
             "DB_CONNECT_RETRIES": "3",
             "HOST": "127.0.0.1",
             "PORT": "65535",
@@ -86,6 +92,9 @@ def test_good_value_for_every_variable(tmp_path: Path) -> None:
     assert settings.migrate_on_startup is False
     assert settings.backup_keep == 0
     assert settings.migration_lock_timeout == 30.0
+    assert settings.table_lock_timeout == 2
+    assert settings.table_lock_retries == 0
+    assert settings.statement_timeout == 900
     assert settings.connect_retries == 3
     assert settings.host == "127.0.0.1"
     assert settings.port == 65535
@@ -141,6 +150,12 @@ def test_sqlite_pysqlite_url_is_normalised() -> None:
         ("DB_BACKUP_KEEP", "-1"),
         ("DB_BACKUP_KEEP", "1.5"),
         ("DB_MIGRATION_LOCK_TIMEOUT", "0"),
+        ("DB_MIGRATION_TABLE_LOCK_TIMEOUT", "0"),
+        ("DB_MIGRATION_TABLE_LOCK_TIMEOUT", "2.5s"),
+        ("DB_MIGRATION_TABLE_LOCK_RETRIES", "-1"),
+        ("DB_MIGRATION_TABLE_LOCK_RETRIES", "101"),
+        ("DB_MIGRATION_STATEMENT_TIMEOUT", "-5"),
+        ("DB_MIGRATION_STATEMENT_TIMEOUT", "ten"),
         ("DB_CONNECT_RETRIES", "-3"),
     ],
 )

@@ -276,12 +276,14 @@ def test_postgres_upgrader_that_waited_sees_the_committed_upgrade(
         assert current_heads(connection) == (HEAD,)
 
 
-def test_postgres_ddl_waits_for_table_locks_only_so_long(
-    postgres_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_postgres_ddl_waits_for_table_locks_only_so_long(postgres_url: URL, tmp_path: Path) -> None:
     """A service's open transaction holds a table: the upgrade gives up with one line."""
-    monkeypatch.setattr(app.migration.locking, "DDL_LOCK_TIMEOUT", "1s")
-    settings = settings_for(postgres_url, tmp_path)
+    settings = settings_for(
+        postgres_url,
+        tmp_path,
+        DB_MIGRATION_TABLE_LOCK_TIMEOUT="1",
+        DB_MIGRATION_TABLE_LOCK_RETRIES="0",
+    )
     upgrade_database(settings, BASELINE)
     service = make_engine(postgres_url)
     release = threading.Event()

@@ -5,24 +5,25 @@ Runs that only read (`alembic current`, `check`, `history`) take none of this:
 connection with `dont_mutate`. For the others env.py reads as Alembic's own
 template (configure, begin a transaction, run), with each protection a call:
 
-1. `protections`, around it all: the upgrade lock (concurrent starters queue,
-   then find nothing to do), any failure as one line that says the run was
-   rolled back and names the backup, and on SQLite the migration settings for
-   the run's connection, whoever built it (app.migration.connection.migration_settings:
-   one transaction with `BEGIN IMMEDIATE`, foreign keys off, its own settings
-   back afterwards);
+1. `protections`, around it all: the upgrade lock for the whole run
+   (concurrent starters queue, then find nothing to do; on PostgreSQL with
+   the run's bounds on every statement, see app.migration.locking), any failure as one line
+   that says the run was rolled back and names the backup, and on SQLite the
+   migration settings for the run's connection, whoever built it
+   (app.migration.connection.migration_settings: one transaction with `BEGIN
+   IMMEDIATE`, foreign keys off, its own settings back afterwards);
 2. Alembic's `begin_transaction`: everything below is one transaction, on
-   SQLite too (a caller's open transaction is joined as it is);
-3. `take_postgres_lock`: PostgreSQL's advisory lock, held by that transaction;
-4. `refuse_newer_database`: a revision this code does not know stops the run;
-5. `adopt_and_back_up`: adoption of an unversioned database when the run goes
+   SQLite too (a caller's open transaction is joined as it is), except what a
+   revision runs in Alembic's `autocommit_block` (docs/migrations.md);
+3. `refuse_newer_database`: a revision this code does not know stops the run;
+4. `adopt_and_back_up`: adoption of an unversioned database when the run goes
    up and, on SQLite, a backup before the first change (a downgrade, which may
    drop tables and their rows, is backed up too);
-6. `revisions_running`: on SQLite the user's views and triggers set aside while
+5. `revisions_running`: on SQLite the user's views and triggers set aside while
    revisions run (a batch-mode table rebuild fails on them otherwise; see
    app.migration.views_and_triggers), and a heartbeat in the log;
-7. `check_foreign_keys`: on SQLite, no dangling reference is committed;
-8. after the commit, `protections` logs the revisions as applied and prunes
+6. `check_foreign_keys`: on SQLite, no dangling reference is committed;
+7. after the commit, `protections` logs the revisions as applied and prunes
    old backups.
 
 The questions about the revision graph (the plan, unknown revisions) live in
@@ -35,6 +36,7 @@ run the same env.py.
 """
 
 import logging
+import traceback
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -57,7 +59,7 @@ from app.migration.backup import backup_database, prune_backups
 from app.migration.connection import connect_for_migrations, migration_settings, probe
 from app.migration.errors import MigrationError, describe_database_error
 from app.migration.journal import HistoryRecorder, record
-from app.migration.locking import sqlite_upgrade_lock, take_postgres_upgrade_lock
+from app.migration.locking import postgres_upgrade_lock, sqlite_upgrade_lock
 from app.migration.progress import RevisionHeartbeat, StepClock
 from app.migration.revisions import (
     RunPlan,
@@ -108,10 +110,6 @@ class GuardedRun:
         self.heartbeat = RevisionHeartbeat(self.clock)
         self.clock.listeners = (self.revision_log, HistoryRecorder(env.script), self.heartbeat)
 
-    def take_postgres_lock(self) -> None:
-        """Queue behind another PostgreSQL upgrade (inside the transaction); nothing on SQLite."""
-        take_postgres_upgrade_lock(self.connection, self.settings.migration_lock_timeout)
-
     def refuse_newer_database(self) -> None:
         self.attempt.current = refuse_unknown_revisions(self.env.script, self.connection)
 
@@ -154,8 +152,7 @@ def protections(
     (env.py); once that has committed, the run is logged and old backups pruned.
     """
     run = GuardedRun(env, connection, settings)
-    timeout = settings.migration_lock_timeout
-    with upgrade_lock(connection, timeout), failures_explained(env, connection, run.attempt):
+    with failures_explained(env, connection, run.attempt), upgrade_lock(connection, settings):
         if connection.dialect.name == "sqlite":
             probe(connection)
         with migration_settings(connection):
@@ -179,6 +176,10 @@ def failures_explained(
     except CommandError as exc:
         refuse_overlapping_versions(env.script, attempt.current)
         raise MigrationError(f"{exc}{backup_note(attempt)}") from None
+    except AssertionError as exc:
+        if not raised_in_autocommit_block(exc):
+            raise
+        raise MigrationError(AUTOCOMMIT_IN_CALLER_TRANSACTION) from None
     except DBAPIError as exc:
         log.debug("The migration failed", exc_info=True)
         raise MigrationError(
@@ -191,6 +192,19 @@ def failures_explained(
             f"the migration failed and was rolled back: {type(exc).__name__}: {exc}; fix the "
             f"revision (LOG_LEVEL=debug shows the traceback){backup_note(attempt)}"
         ) from None
+
+
+AUTOCOMMIT_IN_CALLER_TRANSACTION = (
+    "a revision runs statements outside a transaction (autocommit_block), which Alembic cannot "
+    "do inside the transaction the caller handed in; hand the connection in outside a "
+    "transaction (the caller's transaction was not committed)"
+)
+
+
+def raised_in_autocommit_block(exc: AssertionError) -> bool:
+    """Whether Alembic's `autocommit_block` refused to leave a transaction it did not begin."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].name == "autocommit_block"
 
 
 def backup_note(attempt: Attempt) -> str:
@@ -230,11 +244,22 @@ def prepare_run(
     return plan
 
 
-def upgrade_lock(connection: Connection, timeout_s: float) -> AbstractContextManager:
-    """The SQLite file's upgrade lock; none for a database in memory, which no one else sees."""
+def upgrade_lock(connection: Connection, settings: Settings) -> AbstractContextManager:
+    """The upgrade lock of the run's database; none for SQLite in memory, which no one else sees."""
+    timeout_s = settings.migration_lock_timeout
+    if connection.dialect.name == "postgresql":
+        return postgres_upgrade_lock(connection, timeout_s, statement_bounds(settings))
     if sqlite_file(connection) is None:
         return nullcontext()
     return sqlite_upgrade_lock(connection, timeout_s)
+
+
+def statement_bounds(settings: Settings) -> dict[str, str]:
+    """PostgreSQL's bounds on each statement of the run, in milliseconds (0: none)."""
+    return {
+        "lock_timeout": str(settings.table_lock_timeout * 1000),
+        "statement_timeout": str(settings.statement_timeout * 1000),
+    }
 
 
 def sqlite_file(connection: Connection) -> Path | None:

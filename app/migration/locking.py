@@ -3,10 +3,11 @@
 SQLite: an exclusive `flock` on a lock file beside the database, shared by
 every process and container that mounts the same volume; the holder writes its
 pid and host into the file, so waiters can say whom they wait for. PostgreSQL:
-a transaction-level advisory lock, released by commit, rollback or a dead
-connection, then a bound on how long DDL waits for table locks. Either way a
-killed holder frees the lock at once, and waiters log while they wait and give
-up after a bound.
+a session-level advisory lock, held across the commits of Alembic's autocommit
+blocks and released at the end of the run or by a dead connection, then bounds
+on how long each statement waits for table locks. Either way a killed holder
+frees the lock at once, and waiters log while they wait and give up after a
+bound.
 
 A running service holds a second lock file shared for its lifetime;
 `anibridge restore` takes both exclusively, or refuses.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 from app.migration.errors import (
     DatabaseInUseError,
@@ -41,9 +43,10 @@ ADVISORY_LOCK_HELD = text(
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND classid = 0 AND objid = CAST(:key AS oid) AND objsubid = 1)"
 )
+SESSION_LOCK = "pg_try_advisory_lock"
+XACT_LOCK = "pg_try_advisory_xact_lock"
+POSTGRES_LOCK = "the PostgreSQL advisory lock"
 LOG_EVERY_S = 10.0
-DDL_LOCK_TIMEOUT = "30s"
-"""How long one PostgreSQL statement of a migration waits for a table lock."""
 HOLDER_BYTES = 200
 
 
@@ -61,16 +64,70 @@ def sqlite_upgrade_lock(connection: Connection, timeout_s: float) -> Iterator[No
         yield
 
 
-def take_postgres_upgrade_lock(connection: Connection, timeout_s: float) -> None:
-    """Take the advisory lock for the current transaction; does nothing on SQLite.
+@contextmanager
+def postgres_upgrade_lock(
+    connection: Connection, timeout_s: float, statement_bounds: dict[str, str]
+) -> Iterator[None]:
+    """Hold the advisory lock for the whole run, every statement bounded; nothing on SQLite.
 
-    Then bound every later statement's wait for a table lock: DDL behind a
-    running service's open transaction fails with a clear line instead of
-    queueing forever (and blocking every query queued behind it).
+    The bounds (`lock_timeout`, ...) make DDL behind a running service's open
+    transaction fail with a clear line instead of queueing forever (and
+    blocking every query queued behind it). Both the lock and the bounds belong
+    to the session, so they hold in an autocommit block too; the session's own
+    values are put back and the lock released at the end. The short transaction
+    that took them is committed, so the run's own starts after the lock: its
+    first read sees what the previous holder committed.
+
+    Inside a caller's open transaction (joined by the run, and never committed
+    by it) the lock and bounds are the transaction's instead, released when the
+    caller ends it: a session lock released earlier would let another upgrade
+    run before the caller commits.
     """
-    if connection.dialect.name == "postgresql":
-        _wait_for(lambda: _try_postgres_lock(connection), timeout_s, "the PostgreSQL advisory lock")
-        connection.execute(text(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    if connection.in_transaction():
+        _wait_for(lambda: _try_postgres_lock(connection, XACT_LOCK), timeout_s, POSTGRES_LOCK)
+        _set_session_values(connection, statement_bounds, local=True)
+        yield
+        return
+    _wait_for(lambda: _try_postgres_lock(connection, SESSION_LOCK), timeout_s, POSTGRES_LOCK)
+    previous = _set_session_values(connection, statement_bounds, local=False)
+    connection.commit()
+    try:
+        yield
+    finally:
+        _release_postgres_lock(connection, previous)
+
+
+def _set_session_values(
+    connection: Connection, values: dict[str, str], *, local: bool
+) -> dict[str, str]:
+    """Set each of PostgreSQL's `values` (LOCAL ones end with the transaction); returns the old."""
+    previous = {}
+    for name, value in values.items():
+        previous[name] = connection.execute(
+            text("SELECT current_setting(:name)"), {"name": name}
+        ).scalar_one()
+        connection.execute(
+            text("SELECT set_config(:name, :value, :local)"),
+            {"name": name, "value": value, "local": local},
+        )
+    return previous
+
+
+def _release_postgres_lock(connection: Connection, previous: dict[str, str]) -> None:
+    """Put the session's values back and release the lock; a dead connection has done both."""
+    if connection.closed or connection.invalidated:
+        return
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+        _set_session_values(connection, previous, local=False)
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": POSTGRES_LOCK_KEY})
+        connection.commit()
+    except DBAPIError:
+        log.debug("Could not release the PostgreSQL advisory lock", exc_info=True)
 
 
 def upgrade_running(connection: Connection, url: URL) -> bool:
@@ -178,9 +235,17 @@ def _holder_note(fd: int) -> str:
     return f" (held by {holder})" if holder else ""
 
 
-def _try_postgres_lock(connection: Connection) -> bool:
-    query = text("SELECT pg_try_advisory_xact_lock(:key)")
-    return bool(connection.execute(query, {"key": POSTGRES_LOCK_KEY}).scalar())
+def _try_postgres_lock(connection: Connection, function: str) -> bool:
+    """One try; a session-level try ends its transaction, whatever the answer.
+
+    A waiter idle in a transaction would hold up the holder's `CREATE INDEX
+    CONCURRENTLY`, which waits for every older transaction to end.
+    """
+    query = text(f"SELECT {function}(:key)")
+    taken = bool(connection.execute(query, {"key": POSTGRES_LOCK_KEY}).scalar())
+    if function == SESSION_LOCK:
+        connection.commit()
+    return taken
 
 
 def _wait_for(
