@@ -48,3 +48,18 @@ def insert_jobs(url: URL, count: int) -> None:
 def job_id(number: int) -> str:
     """The id `insert_jobs` gave job number `number`."""
     return hashlib.md5(str(number).encode()).hexdigest()
+
+
+def index_is_valid(connection: sa.Connection, name: str) -> bool:
+    """Whether index `name` exists and is valid (a concurrent build that stopped leaves it not)."""
+    query = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"
+    return bool(connection.execute(sa.text(query), {"name": name}).scalar())
+
+
+def upgrades_recorded(connection: sa.Connection, revision: str) -> int:
+    """The migration history's upgrade rows for `revision`."""
+    query = (
+        "SELECT count(*) FROM anibridge_migration_history "
+        "WHERE revision = :revision AND direction = 'upgrade'"
+    )
+    return connection.execute(sa.text(query), {"revision": revision}).scalar_one()

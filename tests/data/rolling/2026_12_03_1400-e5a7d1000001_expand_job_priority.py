@@ -15,6 +15,12 @@ update:
 Rows the previous release inserts after its batch stay NULL; the contract
 revision fills them before it makes the column NOT NULL.
 
+What ran before a failure inside the autocommit block stays committed, while
+alembic_version still names the previous revision: the next run starts this
+revision again from the top. So every step can run twice: the column is added
+only if missing, an index an interrupted build left (INVALID, and unused by
+queries) is dropped and built again, and the fill writes the same values again.
+
 Revision ID: e5a7d1000001
 Revises: bd4dbe993fef
 Create Date: 2026-12-03 14:00:00+00:00
@@ -41,8 +47,11 @@ FILL_BATCH = sa.text(
 
 def upgrade() -> None:
     """Upgrade schema."""
-    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True))
+    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True), if_not_exists=True)
     with op.get_context().autocommit_block():
+        op.drop_index(
+            op.f("ix_job_priority"), table_name="job", postgresql_concurrently=True, if_exists=True
+        )
         op.create_index(op.f("ix_job_priority"), "job", ["priority"], postgresql_concurrently=True)
         fill_priority()
 
