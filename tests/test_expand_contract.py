@@ -3,7 +3,9 @@
 Its autocommit block commits as it goes, so a run killed during the fill
 leaves the column, the index and part of the fill behind while
 alembic_version still names the released head; the next run must start the
-revision again from the top and finish it (docs/replicas.md).
+revision again from the top and finish it (docs/replicas.md). The contract
+revision then follows through the `alembic` command line (which, unlike the
+service, loads the models and their naming convention).
 """
 
 import shutil
@@ -16,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from tests.expand_contract import (
+    CONTRACT,
     EXPAND,
     index_is_valid,
     insert_jobs,
@@ -49,7 +52,7 @@ def filled_rows(url: URL) -> int:
         return connection.execute(sa.text("SELECT count(priority) FROM job")).scalar_one()
 
 
-def test_expand_killed_during_its_fill_completes_on_the_next_run(
+def test_expand_killed_during_its_fill_completes_on_the_next_run_then_contract(
     postgres_url: URL, postgres_admin: sa.Engine, tmp_path: Path
 ) -> None:
     released = copy_project(tmp_path / "released")
@@ -83,3 +86,17 @@ def test_expand_killed_during_its_fill_completes_on_the_next_run(
         assert alembic_versions(connection) == [EXPAND]
         assert index_is_valid(connection, "ix_job_priority")
         assert upgrades_recorded(connection, EXPAND) == 1
+
+    shutil.copy2(revision_file(CONTRACT), project / "migrations" / "versions")
+    contract = run_upgrade(project, environ)
+
+    assert contract.returncode == 0, contract.output
+    with connect(postgres_url) as connection:
+        assert alembic_versions(connection) == [CONTRACT]
+        nullable = connection.execute(
+            sa.text(
+                "SELECT is_nullable FROM information_schema.columns "
+                "WHERE table_name = 'job' AND column_name = 'priority'"
+            )
+        ).scalar_one()
+    assert nullable == "NO"

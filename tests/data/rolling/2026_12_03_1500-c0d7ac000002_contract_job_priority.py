@@ -13,6 +13,9 @@ stops every read. Instead:
   constraint instead of scanning (PostgreSQL 12 and later), and the
   constraint, now redundant, is dropped.
 
+Like the expand revision, every step can run again after a failure inside the
+autocommit block (a constraint left by the failed attempt is dropped first).
+
 Revision ID: c0d7ac000002
 Revises: e5a7d1000001
 Create Date: 2026-12-03 15:00:00+00:00
@@ -31,24 +34,32 @@ depends_on: str | Sequence[str] | None = None
 
 BATCH_ROWS = 1_000
 CHECK_NAME = "ck_job_priority_not_null"
-FILL_NULLS = sa.text(
-    "UPDATE job SET priority = CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END "
-    "WHERE id IN (SELECT id FROM job WHERE priority IS NULL LIMIT :batch)"
-)
+PRIORITY = "CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END"
+FILL_NULLS = f"UPDATE job SET priority = {PRIORITY} WHERE priority IS NULL"
 
 
 def upgrade() -> None:
     """Upgrade schema."""
     op.alter_column("job", "priority", server_default=sa.text("0"))
     with op.get_context().autocommit_block():
-        while op.get_bind().execute(FILL_NULLS, {"batch": BATCH_ROWS}).rowcount:
-            pass
+        fill_nulls()
+        op.execute(f"ALTER TABLE job DROP CONSTRAINT IF EXISTS {CHECK_NAME}")
         op.execute(
             f"ALTER TABLE job ADD CONSTRAINT {CHECK_NAME} CHECK (priority IS NOT NULL) NOT VALID"
         )
         op.execute(f"ALTER TABLE job VALIDATE CONSTRAINT {CHECK_NAME}")
         op.alter_column("job", "priority", nullable=False)
-        op.drop_constraint(CHECK_NAME, "job", type_="check")
+        op.drop_constraint(op.f(CHECK_NAME), "job", type_="check")
+
+
+def fill_nulls() -> None:
+    """Fill the NULLs BATCH_ROWS at a time, each UPDATE its own transaction (one offline)."""
+    if op.get_context().as_sql:
+        op.execute(FILL_NULLS)
+        return
+    batch = sa.text(f"{FILL_NULLS} AND id IN (SELECT id FROM job WHERE priority IS NULL LIMIT :n)")
+    while op.get_bind().execute(batch, {"n": BATCH_ROWS}).rowcount:
+        pass
 
 
 def downgrade() -> None:
