@@ -5,8 +5,9 @@ in-process upgrade, pytest-alembic) is used as it is given; otherwise one is
 opened from the settings. Runs that move the database (upgrade, downgrade,
 stamp) call the protections of `app.migration.guarded_run` in the order read
 below (lock, single transaction, newer-database refusal, legacy adoption,
-backup, foreign-key check); runs that only read (current, check, history) take
-no lock and write nothing.
+backup, invalid indexes dropped, foreign-key check), and the whole run is tried
+again when a statement's lock_timeout runs out (`app.migration.lock_retry`);
+runs that only read (current, check, history) take no lock and write nothing.
 """
 
 from logging.config import fileConfig
@@ -23,6 +24,7 @@ from app.migration.connection import (
 from app.migration.errors import MigrationError
 from app.migration.guarded_run import protections, writes_to_database
 from app.migration.journal import COMPARE_OPTIONS
+from app.migration.lock_retry import retrying_lock_timeouts
 from app.migration.revisions import refuse_unknown_revisions
 
 config = context.config
@@ -118,12 +120,19 @@ def run_reading(connection) -> None:
 
 
 def run_writing(connection) -> None:
-    """upgrade, downgrade, stamp: each protection in its place (app.migration.guarded_run)."""
-    with protections(context, connection, run_settings(connection)) as run:
+    """upgrade, downgrade, stamp, tried again when a statement's lock_timeout ran out."""
+    settings = run_settings(connection)
+    retrying_lock_timeouts(lambda: run_guarded(connection, settings), connection, settings)
+
+
+def run_guarded(connection, settings) -> None:
+    """One attempt, each protection in its place (app.migration.guarded_run)."""
+    with protections(context, connection, settings) as run:
         context.configure(connection=connection, on_version_apply=run.clock, **CONFIGURE_OPTIONS)
         with context.begin_transaction():
             run.refuse_newer_database()
             run.adopt_and_back_up()
+            run.drop_invalid_indexes()
             with run.revisions_running():
                 context.run_migrations()
             run.check_foreign_keys()

@@ -30,7 +30,12 @@ from app.engine import (
     put_driver_settings,
     use_driver_for_migrations,
 )
-from app.migration.errors import DatabaseUnavailableError, MigrationError, describe_database_error
+from app.migration.errors import (
+    DatabaseUnavailableError,
+    MigrationError,
+    describe_database_error,
+    is_lock_timeout,
+)
 from app.migration.sqlite_files import is_sqlite_file
 
 log = logging.getLogger(__name__)
@@ -177,7 +182,7 @@ def connect_for_migrations(settings: Settings, *, read_only: bool = False) -> It
 
 def is_lock_conflict(exc: OperationalError) -> bool:
     """SQLite's busy file, or PostgreSQL's lock_timeout (SQLSTATE 55P03)."""
-    return "database is locked" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "55P03"
+    return "database is locked" in str(exc.orig) or is_lock_timeout(exc)
 
 
 def probe(connection: Connection) -> None:

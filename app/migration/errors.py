@@ -8,6 +8,7 @@ showing a traceback; `anibridge` and `python -m app.migrate` exit 1.
 import errno
 import os
 import sqlite3
+import traceback
 from pathlib import Path
 
 from alembic.util import CommandError
@@ -29,6 +30,15 @@ class UnknownSchemaError(MigrationError):
 
 class MigrationLockTimeoutError(MigrationError):
     pass
+
+
+class TableLockTimeoutError(MigrationError):
+    """A statement of the run waited its `lock_timeout` out; the run was rolled back and may
+    be tried again (app.migration.lock_retry)."""
+
+    def __init__(self, message: str, statement: str = "") -> None:
+        super().__init__(message)
+        self.statement = statement
 
 
 class BackupError(MigrationError):
@@ -55,6 +65,8 @@ POSTGRES_FIXES = {
     "53100": "the database server's disk is full: free space on it and start again",
     "53200": "the database server ran out of memory: retry, or raise its memory",
 }
+
+STATEMENT_SHOWN = 80
 
 DISK_FULL_FIX = (
     "the disk holding the database is full: free space on it (or move DATA_DIR) and start again"
@@ -134,6 +146,34 @@ def database_fix(exc: DBAPIError | sqlite3.Error, url: URL | None) -> str | None
         if any(word in reason for word in words):
             return fix.format(uid=os.getuid())
     return None
+
+
+def is_lock_timeout(exc: DBAPIError | sqlite3.Error) -> bool:
+    """PostgreSQL's `lock_timeout` ran out (SQLSTATE 55P03)."""
+    return getattr(driver_error(exc), "sqlstate", None) == "55P03"
+
+
+def raised_in_autocommit_block(exc: Exception) -> bool:
+    """Whether Alembic's `autocommit_block` refused to leave a transaction it did not begin.
+
+    Alembic only asserts there, so the frame the assertion came from tells.
+    """
+    if not isinstance(exc, AssertionError):
+        return False
+    return traceback.extract_tb(exc.__traceback__)[-1].name == "autocommit_block"
+
+
+AUTOCOMMIT_IN_CALLER_TRANSACTION = (
+    "a revision runs statements outside a transaction (autocommit_block), which Alembic cannot "
+    "do inside the transaction the caller handed in; hand the connection in outside a "
+    "transaction (the caller's transaction was not committed)"
+)
+
+
+def statement_summary(statement: str | None) -> str:
+    """A failed statement on one line, short enough for a log line."""
+    line = " ".join((statement or "").split())
+    return line if len(line) <= STATEMENT_SHOWN else f"{line[: STATEMENT_SHOWN - 3]}..."
 
 
 def describe_database_error(exc: DBAPIError | sqlite3.Error, url: URL | None) -> str:

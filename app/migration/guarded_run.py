@@ -6,10 +6,10 @@ connection with `dont_mutate`. For the others env.py reads as Alembic's own
 template (configure, begin a transaction, run), with each protection a call:
 
 1. `protections`, around it all: the upgrade lock for the whole run
-   (concurrent starters queue, then find nothing to do; on PostgreSQL with
-   the run's bounds on every statement, see app.migration.locking), any failure as one line
-   that says the run was rolled back and names the backup, and on SQLite the
-   migration settings for the run's connection, whoever built it
+   (concurrent starters queue, then find nothing to do; on PostgreSQL with the
+   run's bounds on every statement, see app.migration.locking), any failure as
+   one line that says what was rolled back and names the backup, and on SQLite
+   the migration settings for the run's connection, whoever built it
    (app.migration.connection.migration_settings: one transaction with `BEGIN
    IMMEDIATE`, foreign keys off, its own settings back afterwards);
 2. Alembic's `begin_transaction`: everything below is one transaction, on
@@ -19,11 +19,14 @@ template (configure, begin a transaction, run), with each protection a call:
 4. `adopt_and_back_up`: adoption of an unversioned database when the run goes
    up and, on SQLite, a backup before the first change (a downgrade, which may
    drop tables and their rows, is backed up too);
-5. `revisions_running`: on SQLite the user's views and triggers set aside while
+5. `drop_invalid_indexes`: on PostgreSQL, before revisions run, the indexes a
+   failed concurrent build left invalid, so the revision builds them again
+   (app.migration.invalid_indexes);
+6. `revisions_running`: on SQLite the user's views and triggers set aside while
    revisions run (a batch-mode table rebuild fails on them otherwise; see
    app.migration.views_and_triggers), and a heartbeat in the log;
-6. `check_foreign_keys`: on SQLite, no dangling reference is committed;
-7. after the commit, `protections` logs the revisions as applied and prunes
+7. `check_foreign_keys`: on SQLite, no dangling reference is committed;
+8. after the commit, `protections` logs the revisions as applied and prunes
    old backups.
 
 The questions about the revision graph (the plan, unknown revisions) live in
@@ -36,7 +39,6 @@ run the same env.py.
 """
 
 import logging
-import traceback
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -46,7 +48,7 @@ from alembic import command
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
@@ -57,7 +59,16 @@ from app.migration.adoption.adopt import (
 )
 from app.migration.backup import backup_database, prune_backups
 from app.migration.connection import connect_for_migrations, migration_settings, probe
-from app.migration.errors import MigrationError, describe_database_error
+from app.migration.errors import (
+    AUTOCOMMIT_IN_CALLER_TRANSACTION,
+    MigrationError,
+    TableLockTimeoutError,
+    describe_database_error,
+    is_lock_timeout,
+    raised_in_autocommit_block,
+    statement_summary,
+)
+from app.migration.invalid_indexes import drop_invalid_indexes
 from app.migration.journal import HistoryRecorder, record
 from app.migration.locking import postgres_upgrade_lock, sqlite_upgrade_lock
 from app.migration.progress import RevisionHeartbeat, StepClock
@@ -96,6 +107,11 @@ class Attempt:
 
     backup: Path | None = None
     current: tuple[str, ...] = ()
+    committed_early: bool = False
+    """An autocommit block of a revision committed the run's transaction before its end."""
+
+    def note_commit(self, _connection: Connection) -> None:
+        self.committed_early = True
 
 
 class GuardedRun:
@@ -103,6 +119,7 @@ class GuardedRun:
 
     def __init__(self, env: EnvironmentContext, connection: Connection, settings: Settings):
         self.env, self.connection, self.settings = env, connection, settings
+        self.in_caller_transaction = connection.in_transaction()
         self.attempt = Attempt()
         self.plan = RunPlan((), "none", ())
         self.revision_log = RevisionLog()
@@ -120,13 +137,24 @@ class GuardedRun:
             self.env.script, self.connection, plan, self.settings, self.attempt, self.clock
         )
 
+    def drop_invalid_indexes(self) -> None:
+        """PostgreSQL: before revisions run, drop what failed concurrent index builds left."""
+        if self.plan.revisions and self.connection.dialect.name == "postgresql":
+            drop_invalid_indexes(
+                self.env.get_context(), in_caller_transaction=self.in_caller_transaction
+            )
+
     @contextmanager
     def revisions_running(self) -> Iterator[None]:
-        """Views and triggers set aside (SQLite) and a heartbeat while the revisions run."""
+        """Views and triggers set aside (SQLite), a heartbeat, and early commits noted."""
         set_aside = nullcontext()
         if self.plan.revisions:
             set_aside = views_and_triggers_set_aside(self.connection)
-        with set_aside, self.heartbeat.running_revisions(self.plan.revisions):
+        with (
+            set_aside,
+            self.heartbeat.running_revisions(self.plan.revisions),
+            commits_noted(self.connection, self.attempt),
+        ):
             yield
 
     def check_foreign_keys(self) -> None:
@@ -161,13 +189,25 @@ def protections(
 
 
 @contextmanager
+def commits_noted(connection: Connection, attempt: Attempt) -> Iterator[None]:
+    """Note in `attempt` each commit while revisions run: an autocommit block's."""
+    event.listen(connection, "commit", attempt.note_commit)
+    try:
+        yield
+    finally:
+        event.remove(connection, "commit", attempt.note_commit)
+
+
+@contextmanager
 def failures_explained(
     env: EnvironmentContext, connection: Connection, attempt: Attempt
 ) -> Iterator[None]:
     """Turn any failure of the run into one MigrationError line naming the backup, if any.
 
-    The transaction has been rolled back by then, so the line says so. The
-    traceback goes to the debug log (LOG_LEVEL=debug).
+    The transaction has been rolled back by then, so the line says so, and says
+    what stays when an autocommit block committed before the failure. A
+    lock_timeout is a TableLockTimeoutError, which app.migration.lock_retry may
+    try again. The traceback goes to the debug log (LOG_LEVEL=debug).
     """
     try:
         yield
@@ -176,35 +216,32 @@ def failures_explained(
     except CommandError as exc:
         refuse_overlapping_versions(env.script, attempt.current)
         raise MigrationError(f"{exc}{backup_note(attempt)}") from None
-    except AssertionError as exc:
-        if not raised_in_autocommit_block(exc):
-            raise
-        raise MigrationError(AUTOCOMMIT_IN_CALLER_TRANSACTION) from None
     except DBAPIError as exc:
         log.debug("The migration failed", exc_info=True)
-        raise MigrationError(
-            f"the migration failed and was rolled back: "
+        message = (
+            f"the migration failed{what_was_undone(attempt)}: "
             f"{describe_database_error(exc, connection.engine.url)}{backup_note(attempt)}"
-        ) from None
+        )
+        if is_lock_timeout(exc):
+            raise TableLockTimeoutError(message, statement_summary(exc.statement)) from None
+        raise MigrationError(message) from None
     except Exception as exc:
+        if raised_in_autocommit_block(exc):
+            raise MigrationError(AUTOCOMMIT_IN_CALLER_TRANSACTION) from None
         log.debug("The migration failed", exc_info=True)
         raise MigrationError(
-            f"the migration failed and was rolled back: {type(exc).__name__}: {exc}; fix the "
-            f"revision (LOG_LEVEL=debug shows the traceback){backup_note(attempt)}"
+            f"the migration failed{what_was_undone(attempt)}: {type(exc).__name__}: {exc}; fix "
+            f"the revision (LOG_LEVEL=debug shows the traceback){backup_note(attempt)}"
         ) from None
 
 
-AUTOCOMMIT_IN_CALLER_TRANSACTION = (
-    "a revision runs statements outside a transaction (autocommit_block), which Alembic cannot "
-    "do inside the transaction the caller handed in; hand the connection in outside a "
-    "transaction (the caller's transaction was not committed)"
-)
-
-
-def raised_in_autocommit_block(exc: AssertionError) -> bool:
-    """Whether Alembic's `autocommit_block` refused to leave a transaction it did not begin."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and frames[-1].name == "autocommit_block"
+def what_was_undone(attempt: Attempt) -> str:
+    if attempt.committed_early:
+        return (
+            " after an autocommit block had committed part of it (that part stays; the rest "
+            "was rolled back, and the next run starts from the revision it left)"
+        )
+    return " and was rolled back"
 
 
 def backup_note(attempt: Attempt) -> str:
