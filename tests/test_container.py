@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL
 from app.config import DATABASE_FILE_NAME
 from tests.container_engine import Engine, build_image_with_revisions
 from tests.containers import HEALTH_TIMEOUT_S, Container, Containers, request_json
-from tests.faults import REVISION_TEMPLATE
+from tests.faults import NO_DOWNGRADE, REVISION_TEMPLATE
 from tests.legacy_data import (
     BASELINE,
     HEAD,
@@ -375,6 +375,7 @@ def failing_image(engine: Engine, image: str, tmp_path_factory: pytest.TempPathF
             revision=FAILING_REVISION,
             down_revision=HEAD,
             upgrade=body,
+            downgrade=NO_DOWNGRADE,
         )
     )
     tag = f"{image}-failing-revision"
