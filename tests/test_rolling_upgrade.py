@@ -149,6 +149,8 @@ class Traffic:
 
 
 def summary(requests: list[Request]) -> str:
+    if not requests:
+        return "no requests"
     seconds = sorted(request.seconds for request in requests)
     p99 = seconds[int(len(seconds) * 0.99)]
     return (
