@@ -232,8 +232,8 @@ def running_upgrade(revision_from: str, revision_to: str) -> str:
 # --- scenarios --------------------------------------------------------------------
 
 
-# About 2 min on an idle 2-core machine, most of it the fill of 1,000,000 rows;
-# over 4 min while other test runs shared the cores.
+# 134 s in a whole-suite run here, up to 230 s while other test runs shared the
+# 2 cores: most of it the fill of 1,000,000 rows.
 @pytest.mark.timeout(600)
 def test_rolling_upgrade_keeps_the_old_replicas_serving(
     containers: Containers,
