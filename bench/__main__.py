@@ -19,6 +19,7 @@ BENCHMARKS = {
     "adoption": "bench.adoption",
     "container": "bench.container",
     "plan": "bench.plan",
+    "locks": "bench.locks",
 }
 MIN_RUNS = 5
 

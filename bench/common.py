@@ -14,12 +14,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
 from app.config import SETTING_NAMES
+from tests import faults
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 PYTHON = sys.executable
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,18 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def scratch_postgres_database() -> Iterator[URL]:
+    """A database created on BENCH_POSTGRES_URL's server (default: the local one), then dropped."""
+    server = make_url(os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with faults.scratch_postgres_database(admin, server) as url:
+            yield url
+    finally:
+        admin.dispose()
 
 
 def python_code(code: str) -> list[str]:

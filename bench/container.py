@@ -18,17 +18,21 @@ Trials, taking turns:
   every start: what the check saves.
 """
 
-import os
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
-from bench.common import Figure, Report, Sample, measure_interleaved, ratio, scratch_dir
+from bench.common import (
+    Figure,
+    Report,
+    Sample,
+    measure_interleaved,
+    ratio,
+    scratch_dir,
+    scratch_postgres_database,
+)
 from tests.container_engine import Engine, build_app_image, free_port, start_engine
 from tests.legacy_data import release_file
 
@@ -36,7 +40,6 @@ TARGET_RATIO = 1.10
 HEALTH_TIMEOUT_S = 60
 POLL_INTERVAL_S = 0.005
 NEVER_AT_HEAD = "\n\ndef database_at_head(*_args, **_kwargs):\n    return None\n"
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SQLITE_TRIALS = (
     "SQLite floor: DB_MIGRATE_ON_STARTUP=false",
     "SQLite as shipped: fast check, no upgrade",
@@ -164,13 +167,8 @@ def volume_at_head(engine: Engine, image: str) -> Iterator[str]:
 @contextmanager
 def postgres_at_head(engine: Engine, image: str) -> Iterator[str]:
     """A scratch database on the host's PostgreSQL, brought to head by the image; its URL."""
-    server = make_url(os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL))
-    name = f"anibridge_bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_postgres_database() as database:
+        url = database.render_as_string(hide_password=False)
         engine.docker(
             "run",
             "--rm",
@@ -181,10 +179,6 @@ def postgres_at_head(engine: Engine, image: str) -> Iterator[str]:
             "migrate",
         )
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def time_start_to_health(

@@ -1,4 +1,4 @@
-"""7. `anibridge plan` against the upgrade it rehearses, on the 1,000,000-row v1.16.1 file.
+"""8. `anibridge plan` against the upgrade it rehearses, on the 1,000,000-row v1.16.1 file.
 
 The floor is the upgrade itself as a container start runs it: `python -m
 app.migrate` with the default settings, so the backup it takes first is
@@ -29,7 +29,7 @@ PLAN_EXIT_WOULD_CHANGE = 2
 
 def run(quick: bool, runs: int) -> Report:
     rows = QUICK_ROWS if quick else FULL_ROWS
-    report = Report(f"7. `anibridge plan` of the v1.16.1 file grown to {rows:,} rows")
+    report = Report(f"8. `anibridge plan` of the v1.16.1 file grown to {rows:,} rows")
     with scratch_dir("plan") as root:
         template = grown_release_file(root / "template" / "anibridge_jobs.db", rows)
         data_dir = root / "data"

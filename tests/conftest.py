@@ -21,6 +21,8 @@ from app.migration.revisions import alembic_config as make_alembic_config
 from tests.revision_data import rows_by_revision
 from tests.row_dump import RowDump, explain_difference
 
+pytest_plugins = ("tests.containers",)
+
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

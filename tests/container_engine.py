@@ -10,7 +10,9 @@ build cache are reused.
 
 `build_app_image` builds `docker/Dockerfile`. When `python:3.11-slim` is
 neither present nor pullable (no registry reachable), it is first built from
-Debian packages by `docker/stand-in-base.sh`.
+Debian packages by `docker/stand-in-base.sh`. `build_image_with_revisions`
+derives from it the image of a later release: the same code with more revision
+files.
 """
 
 import hashlib
@@ -19,7 +21,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +174,27 @@ def build_app_image(engine: Engine, tag: str = APP_IMAGE) -> str:
         str(REPO_ROOT),
         timeout=BUILD_TIMEOUT_S,
     )
+    return tag
+
+
+def build_image_with_revisions(
+    engine: Engine, image: str, revision_files: Sequence[Path], tag: str, *, listed: bool
+) -> str:
+    """`image` with `revision_files` added to /app/migrations/versions; returns `tag`.
+
+    `listed`: the image's manifest is updated to list them, as a release's is (the
+    suite fails a checkout whose manifest is stale). Unlisted, the start-up check
+    finds files the manifest does not vouch for and runs the full upgrade.
+    """
+    steps = [f"FROM {image}", "COPY *.py /app/migrations/versions/"]
+    if listed:
+        steps.append("RUN python -m app.migration.authoring.manifest update")
+    steps.append("RUN python -m compileall -q /app/migrations")
+    with tempfile.TemporaryDirectory(prefix="anibridge-image-") as context:
+        for path in revision_files:
+            shutil.copy2(path, Path(context) / path.name)
+        (Path(context) / "Dockerfile").write_text("\n".join(steps) + "\n")
+        engine.docker("build", "--network=host", f"--tag={tag}", context, timeout=300)
     return tag
 
 

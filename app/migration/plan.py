@@ -231,7 +231,7 @@ def discard_on_close(connection) -> None:
 
     On the 1,000,000-row adoption, rolling the copy back took 0.7 s of a 7.2 s
     plan (profiled); committing it unsynced, and keeping the tables' temporary
-    copies until the connection closes, took bench 7 from 1.56x to 1.17x.
+    copies until the connection closes, took benchmark 8 from 1.56x to 1.17x.
     """
     connection.connection.driver_connection.execute("PRAGMA synchronous = OFF")
 
