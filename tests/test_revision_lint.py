@@ -198,13 +198,17 @@ HARMLESS = {
 }
 
 
-def lint_one(tmp_path: Path, body: str, acknowledgements: str = "") -> list[str]:
+def findings_of(tmp_path: Path, body: str, acknowledgements: str = "") -> list:
     versions = tmp_path / "versions"
     versions.mkdir(parents=True)
     (versions / "aaaaaaaaaaaa_lint.py").write_text(
         REVISION.format(body=body, acknowledgements=acknowledgements)
     )
-    return [finding.key for finding in lint_revisions(ScriptDirectory(str(tmp_path)))]
+    return lint_revisions(ScriptDirectory(str(tmp_path)))
+
+
+def lint_one(tmp_path: Path, body: str, acknowledgements: str = "") -> list[str]:
+    return [finding.key for finding in findings_of(tmp_path, body, acknowledgements)]
 
 
 def test_every_revision_of_the_project_passes_the_lint() -> None:
@@ -280,3 +284,13 @@ def test_acknowledging_a_drop_or_rename_names_the_release_that_stopped_reading_i
 
     assert lint_one(tmp_path, body, acknowledged + "\n") == keys
     assert lint_one(tmp_path / "with release", body, with_release + "\n") == []
+
+
+def test_a_revision_that_cannot_run_offline_is_one_finding_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A data step reading rows through op.get_bind() has no connection when linted."""
+    body = "    for row in op.get_bind().execute(sa.text('SELECT id FROM job')):\n        pass\n"
+    (finding,) = findings_of(tmp_path, body)
+    assert finding.key == "offline"
+    assert "cannot be read offline (AttributeError" in finding.problem
