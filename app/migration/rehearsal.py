@@ -228,12 +228,11 @@ class Rehearsal:
 
     @watching
     def before_statement(self, _conn, _cursor, statement: str, *_args) -> None:
-        if self.rolled_back:
-            self.begin_attempt()
-        began = time.monotonic()
         kind = first_keyword(statement)
         if kind in NOT_LISTED or kind == "":
             return
+        self.measure_afresh_after_rollback()
+        began = time.monotonic()
         self.wrote = True
         self.step.statements.append(one_line(statement))
         named = self.existing_tables_named(statement)
@@ -280,7 +279,16 @@ class Rehearsal:
     def at_rollback(self, _conn) -> None:
         """The run rolled its attempt back: what it did is void (measured afresh, lazily)."""
         if not self.ended:
-            self.rolled_back = True
+            self.rolled_back, self.wrote = True, False
+
+    def measure_afresh_after_rollback(self) -> None:
+        """Start over once the next attempt writes or ends a step, not on every read.
+
+        Waiting for the upgrade lock ends a transaction at every try: counting
+        every table at each of those would be wasted while the wait goes on.
+        """
+        if self.rolled_back:
+            self.begin_attempt()
 
     def end(self, *, finished: bool) -> None:
         """Roll the run's transaction back on the driver's connection, then stop the run.
@@ -303,6 +311,7 @@ class Rehearsal:
 
     @watching
     def __call__(self, *, seconds: float, step=None, adoption=None, **_step) -> None:
+        self.measure_afresh_after_rollback()
         began = time.monotonic()
         if adoption is not None:
             kind, revision, message = "adopt", adoption.revision, adoption.description
