@@ -96,15 +96,30 @@ def state_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
+def database_in_state(
+    state: str, state_files: dict[str, Path], folder: Path
+) -> tuple[Path, str | None]:
+    """A copy of the state's file in `folder` (none for "no file"), and its digest."""
+    database = folder / "anibridge_jobs.db"
+    if state_files[state].exists():
+        shutil.copyfile(state_files[state], database)
+    return database, sha256_of(database) if database.exists() else None
+
+
+def assert_untouched(database: Path, before: str | None, folder: Path) -> None:
+    """The file's bytes as they were, and nothing new beside it (no file made where none was)."""
+    assert (sha256_of(database) if database.exists() else None) == before
+    assert sorted(path.name for path in folder.iterdir()) == (
+        ["anibridge_jobs.db"] if before else []
+    )
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("state", STATES)
 def test_a_result_or_one_line(
     state: str, command: str, state_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    database = tmp_path / "anibridge_jobs.db"
-    if state_files[state].exists():
-        shutil.copyfile(state_files[state], database)
-    before = sha256_of(database) if database.exists() else None
+    database, before = database_in_state(state, state_files, tmp_path)
     environ = command_environment(tmp_path, f"sqlite:///{database}")
 
     result = run_command([str(VENV_BIN / "alembic"), *command.split()], environ)
@@ -115,11 +130,7 @@ def test_a_result_or_one_line(
     if result.returncode != 0:
         said = [line for line in output.splitlines() if not LOG_RECORD.match(line)]
         assert len(said) == 1 and said[0].startswith("FAILED: "), output
-    after = sha256_of(database) if database.exists() else None
-    assert after == before
-    assert sorted(path.name for path in tmp_path.iterdir()) == (
-        ["anibridge_jobs.db"] if before else []
-    )
+    assert_untouched(database, before, tmp_path)
 
 
 PLAN_EXIT = {"at head": 0, "refused: extra index": 1, "refused: unknown table": 1}
@@ -131,10 +142,7 @@ def test_anibridge_plan_says_what_the_upgrade_would_do_and_changes_nothing(
     state: str, state_files: dict[str, Path], tmp_path: Path
 ) -> None:
     """0 nothing to do, 2 something to do, 1 refused: the summary line first, never a traceback."""
-    database = tmp_path / "anibridge_jobs.db"
-    if state_files[state].exists():
-        shutil.copyfile(state_files[state], database)
-    before = sha256_of(database) if database.exists() else None
+    database, before = database_in_state(state, state_files, tmp_path)
     environ = command_environment(tmp_path, f"sqlite:///{database}")
 
     result = run_command([str(VENV_BIN / "anibridge"), "plan"], environ)
@@ -142,7 +150,4 @@ def test_anibridge_plan_says_what_the_upgrade_would_do_and_changes_nothing(
     assert "Traceback" not in result.stdout + result.stderr
     assert result.returncode == PLAN_EXIT.get(state, 2), result.stdout + result.stderr
     assert result.stdout.startswith(("Nothing to do", "An upgrade would")), result.stdout
-    assert (sha256_of(database) if database.exists() else None) == before
-    assert sorted(path.name for path in tmp_path.iterdir()) == (
-        ["anibridge_jobs.db"] if before else []
-    )
+    assert_untouched(database, before, tmp_path)

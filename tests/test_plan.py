@@ -220,6 +220,17 @@ def postgres_state(url: URL) -> dict[str, Any]:
         engine.dispose()
 
 
+def run_sql(url: URL, *statements: str) -> None:
+    """Run `statements` in one transaction, as someone working on the database by hand."""
+    engine = engine_for(url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
 def last_rows_after(plan_json: dict[str, Any]) -> dict[str, int | None]:
     """Each table the plan touched, with the rows its last step left."""
     final: dict[str, int | None] = {}
@@ -397,11 +408,12 @@ def test_missing_database_plans_the_schema_and_creates_nothing(tmp_path: Path) -
 
 def test_no_room_for_the_copy_is_one_line(data_dir: Path, monkeypatch) -> None:
     from app.config import load_settings
+    from app.migration import backup
     from app.migration import plan as planner
     from app.migration.errors import MigrationError
 
     copy_release("v2.1.0.db", data_dir)
-    monkeypatch.setattr(planner, "space_for_copy", lambda _database, _folder: (10, 2**20))
+    monkeypatch.setattr(backup, "space_for_copy", lambda _database, _folder: (10, 2**20))
     settings = load_settings({"DATA_DIR": str(data_dir)})
     with pytest.raises(MigrationError) as raised:
         planner.plan_upgrade(settings, notice=print)
@@ -464,12 +476,20 @@ def unchanged_check(url: URL, data_dir: Path):
     return check_postgres
 
 
+def plan_changing_nothing(
+    project: Path, env: dict[str, str], url: URL, data_dir: Path
+) -> tuple[int, dict[str, Any]]:
+    """Plan, and check the database is as it was before."""
+    unchanged = unchanged_check(url, data_dir)
+    planned = plan(project, env)
+    unchanged()
+    return planned
+
+
 def test_database_at_head_has_nothing_to_do(engine_url: URL, data_dir: Path) -> None:
     at_revision(engine_url, data_dir, "head")
     env = upgrade_environment(REPO, engine_url, data_dir)
-    unchanged = unchanged_check(engine_url, data_dir)
-    code, planned = plan(REPO, env)
-    unchanged()
+    code, planned = plan_changing_nothing(REPO, env, engine_url, data_dir)
     assert code == 0 and planned["outcome"] == "up_to_date"
     assert planned["steps"] == [] and planned["pending"] == []
     assert planned["summary"] == f"Nothing to do: the database is at head ({HEAD})."
@@ -477,16 +497,9 @@ def test_database_at_head_has_nothing_to_do(engine_url: URL, data_dir: Path) -> 
 
 def test_newer_database_is_refused_in_the_upgrades_words(engine_url: URL, data_dir: Path) -> None:
     at_revision(engine_url, data_dir, "head")
-    engine = engine_for(engine_url)
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text(f"UPDATE alembic_version SET version_num = '{UNKNOWN_REVISION}'")
-        )
-    engine.dispose()
+    run_sql(engine_url, f"UPDATE alembic_version SET version_num = '{UNKNOWN_REVISION}'")
     env = upgrade_environment(REPO, engine_url, data_dir)
-    unchanged = unchanged_check(engine_url, data_dir)
-    code, planned = plan(REPO, env)
-    unchanged()
+    code, planned = plan_changing_nothing(REPO, env, engine_url, data_dir)
     assert code == 1 and planned["outcome"] == "newer"
     assert planned["refusal"] == upgrade_error(upgrade(REPO, env))
 
@@ -497,11 +510,9 @@ def test_pending_revision_that_changes_data_is_counted_exactly(
     project, env = at_head_with(engine_url, data_dir, project_with(DATA_CHANGE))
     columns = ["status", "message", "progress", "updated_at"]
     jobs_before = rows_by_key(engine_url, "job", "id", columns)
-    unchanged = unchanged_check(engine_url, data_dir)
 
-    code, planned = plan(project, env)
+    code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
 
-    unchanged()
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["pending"] == [DATA_CHANGE.revision]
     (step,) = planned["steps"]
@@ -558,14 +569,9 @@ def test_postgres_unversioned_database_is_adopted_in_the_plan_as_in_the_upgrade(
     postgres_url: URL, data_dir: Path
 ) -> None:
     at_revision(postgres_url, data_dir, BASELINE)
-    engine = engine_for(postgres_url)
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"DROP TABLE alembic_version, {HISTORY_TABLE}"))
-    engine.dispose()
+    run_sql(postgres_url, f"DROP TABLE alembic_version, {HISTORY_TABLE}")
     env = upgrade_environment(REPO, postgres_url, data_dir)
-    unchanged = unchanged_check(postgres_url, data_dir)
-    code, planned = plan(REPO, env)
-    unchanged()
+    code, planned = plan_changing_nothing(REPO, env, postgres_url, data_dir)
     assert code == 2 and planned["adopts"]["revision"] == BASELINE
     result = upgrade(REPO, env)
     assert result.returncode == 0, result.stderr
@@ -576,9 +582,7 @@ def test_revision_outside_a_transaction_is_not_rehearsed_and_nothing_changes(
     postgres_url: URL, data_dir: Path, project_with
 ) -> None:
     project, env = at_head_with(postgres_url, data_dir, project_with(OUTSIDE_TRANSACTION))
-    unchanged = unchanged_check(postgres_url, data_dir)
-    code, planned = plan(project, env)
-    unchanged()
+    code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["not_rehearsed"] == [OUTSIDE_TRANSACTION.revision]
     assert planned["pending"] == [OUTSIDE_TRANSACTION.revision]
@@ -619,9 +623,7 @@ def test_invalid_index_cleanup_is_not_run_by_the_plan(
     with engine.connect() as connection, pytest.raises(sa.exc.IntegrityError):
         connection.execute(sa.text("CREATE UNIQUE INDEX CONCURRENTLY ix_broken ON job (status)"))
     engine.dispose()
-    unchanged = unchanged_check(postgres_url, data_dir)
-    code, planned = plan(project, env)
-    unchanged()
+    code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["pending"] == [DATA_CHANGE.revision]
 
@@ -656,14 +658,12 @@ def test_postgres_refused_schema_gets_the_upgrades_own_sentence(
     postgres_url: URL, data_dir: Path
 ) -> None:
     at_revision(postgres_url, data_dir, BASELINE)
-    engine = engine_for(postgres_url)
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"DROP TABLE alembic_version, {HISTORY_TABLE}"))
-        connection.execute(sa.text("ALTER TABLE job ADD COLUMN note VARCHAR"))
-    engine.dispose()
+    run_sql(
+        postgres_url,
+        f"DROP TABLE alembic_version, {HISTORY_TABLE}",
+        "ALTER TABLE job ADD COLUMN note VARCHAR",
+    )
     env = upgrade_environment(REPO, postgres_url, data_dir)
-    unchanged = unchanged_check(postgres_url, data_dir)
-    code, planned = plan(REPO, env)
-    unchanged()
+    code, planned = plan_changing_nothing(REPO, env, postgres_url, data_dir)
     assert code == 1 and planned["outcome"] == "refused"
     assert planned["refusal"] == upgrade_error(upgrade(REPO, env))

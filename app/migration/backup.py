@@ -136,14 +136,22 @@ def space_for_copy(database: Path, folder: Path) -> tuple[int, int]:
     return shutil.disk_usage(_nearest_existing(folder)).free, needed
 
 
+def space_shortfall(database: Path, folder: Path) -> str | None:
+    """`(X free, Y needed)` when a copy of `database` does not fit in `folder`; else None."""
+    free, needed = space_for_copy(database, folder)
+    if free >= needed:
+        return None
+    return f"({size_text(free)} free, {size_text(needed)} needed)"
+
+
 def require_free_space(database: Path, backups_dir: Path) -> None:
     """Refuse before anything is written, the backup folder included, when the copy cannot fit."""
-    free, needed = space_for_copy(database, backups_dir)
-    if free < needed:
+    shortfall = space_shortfall(database, backups_dir)
+    if shortfall is not None:
         raise BackupError(
             f"not enough free space in {backups_dir} for a backup before changing the database "
-            f"({size_text(free)} free, {size_text(needed)} needed); free space on the disk "
-            "holding DATA_DIR, or set DB_BACKUP_KEEP=0 to migrate without a backup"
+            f"{shortfall}; free space on the disk holding DATA_DIR, or set DB_BACKUP_KEEP=0 to "
+            "migrate without a backup"
         )
 
 

@@ -42,6 +42,7 @@ from app.migration.backup import (
     require_free_space,
     size_text,
     space_for_copy,
+    space_shortfall,
 )
 from app.migration.connection import connect_for_migrations
 from app.migration.errors import (
@@ -164,12 +165,11 @@ def scratch_folder(database: Path) -> Iterator[Path]:
 
 
 def require_room_for_copy(database: Path, folder: Path) -> None:
-    free, needed = space_for_copy(database, folder)
-    if free < needed:
+    shortfall = space_shortfall(database, folder)
+    if shortfall is not None:
         raise PlanError(
             f"not enough free space in {folder} for the plan's copy of the database "
-            f"({size_text(free)} free, {size_text(needed)} needed); free space on the disk "
-            "holding DATA_DIR and plan again"
+            f"{shortfall}; free space on the disk holding DATA_DIR and plan again"
         )
 
 
