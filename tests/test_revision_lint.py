@@ -20,6 +20,9 @@ NOT_VALID_CHECK = (
     "    )"
 )
 
+DROP_CHECK = '    op.execute("ALTER TABLE job DROP CONSTRAINT IF EXISTS ck_job_message_not_null")'
+VALIDATE_CHECK = '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")'
+
 REVISION = '''"""A revision for the lint."""
 
 import sqlalchemy as sa
@@ -86,7 +89,7 @@ FLAGGED = {
     "fill, then NOT NULL on an existing table": (
         "    op.execute(\"UPDATE job SET message = '' WHERE message IS NULL\")\n"
         '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)',
-        ["set_not_null job.message"],
+        ["set_not_null job.message", "fill_in_transaction job"],
     ),
     "NOT NULL after a check that is never validated": (
         f"{NOT_VALID_CHECK}\n"
@@ -100,7 +103,45 @@ FLAGGED = {
         "    )\n"
         '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
         '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)',
-        ["set_not_null job.message"],
+        [
+            "set_not_null job.message",
+            "lock_held_across job",
+            "validated_constraint job.ck_job_message_not_null",
+        ],
+    ),
+    "check NOT VALID and VALIDATE in one transaction": (
+        f"{NOT_VALID_CHECK}\n{VALIDATE_CHECK}",
+        ["validate_in_transaction job.ck_job_message_not_null", "lock_held_across job"],
+    ),
+    "index in SQL": (
+        '    op.execute("CREATE INDEX ix_job_message ON job (message)")',
+        ["index_not_concurrent job.ix_job_message"],
+    ),
+    "type change in SQL": (
+        '    op.execute("ALTER TABLE job ALTER COLUMN eta TYPE bigint")',
+        ["rewriting_type job.eta"],
+    ),
+    "column with a volatile default": (
+        '    op.add_column("job", sa.Column("token", sa.Uuid(), '
+        'server_default=sa.text("gen_random_uuid()")))',
+        ["rewriting_column job.token"],
+    ),
+    "serial column in SQL": (
+        '    op.execute("ALTER TABLE job ADD COLUMN seq bigserial")',
+        ["rewriting_column job.seq"],
+    ),
+    "drop in SQL": ('    op.execute("DROP TABLE job")', ["drop_table job"]),
+    "column added before an autocommit block": (
+        '    op.add_column("job", sa.Column("note", sa.String(), nullable=True))\n'
+        "    with op.get_context().autocommit_block():\n"
+        '        op.create_index("ix_job_note", "job", ["note"], '
+        "postgresql_concurrently=True, if_not_exists=True)",
+        ["not_rerunnable job.note"],
+    ),
+    "quick column, then a fill of another table in the same transaction": (
+        '    op.add_column("job", sa.Column("note", sa.String(), nullable=True))\n'
+        "    op.execute(\"UPDATE clienttask SET save_path = ''\")",
+        ["lock_held_across job", "fill_in_transaction clienttask"],
     ),
     "validated foreign key": (
         '    op.create_foreign_key("fk_task_job", "clienttask", "job", ["job_id"], ["id"])',
@@ -157,29 +198,35 @@ HARMLESS = {
     "concurrent index in an autocommit block": (
         "    with op.get_context().autocommit_block():\n"
         '        op.create_index("ix_job_message", "job", ["message"], '
-        "postgresql_concurrently=True)"
+        "postgresql_concurrently=True, if_not_exists=True)"
     ),
-    "check NOT VALID, VALIDATE, then SET NOT NULL": (
-        "    op.execute(\"UPDATE job SET message = '' WHERE message IS NULL\")\n"
-        f"{NOT_VALID_CHECK}\n"
-        '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
+    "check NOT VALID, VALIDATE, each committed on its own, then SET NOT NULL": (
+        "    with op.get_context().autocommit_block():\n"
+        "        op.execute(\"UPDATE job SET message = '' WHERE message IS NULL\")\n"
+        f"    {DROP_CHECK}\n"
+        f"    {NOT_VALID_CHECK.replace(chr(10), chr(10) + '    ')}\n"
+        f"    {VALIDATE_CHECK}\n"
         '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)\n'
         '    op.drop_constraint("ck_job_message_not_null", "job", type_="check")'
     ),
-    "check NOT VALID in SQL, VALIDATE, then SET NOT NULL": (
-        "    op.execute(\n"
-        "        'ALTER TABLE job ADD CONSTRAINT ck_job_message_not_null '\n"
-        "        'CHECK (message IS NOT NULL) NOT VALID'\n"
-        "    )\n"
-        '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
+    "check NOT VALID in SQL, VALIDATE, each committed on its own, then SET NOT NULL": (
+        "    with op.get_context().autocommit_block():\n"
+        f"    {DROP_CHECK}\n"
+        "        op.execute(\n"
+        "            'ALTER TABLE job ADD CONSTRAINT ck_job_message_not_null '\n"
+        "            'CHECK (message IS NOT NULL) NOT VALID'\n"
+        "        )\n"
+        f"    {VALIDATE_CHECK}\n"
         '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)'
     ),
-    "foreign key NOT VALID, then VALIDATE": (
-        "    op.create_foreign_key(\n"
-        '        "fk_task_job", "clienttask", "job", ["job_id"], ["id"], '
+    "foreign key NOT VALID, then VALIDATE, each committed on its own": (
+        "    with op.get_context().autocommit_block():\n"
+        '        op.execute("ALTER TABLE clienttask DROP CONSTRAINT IF EXISTS fk_task_job")\n'
+        "        op.create_foreign_key(\n"
+        '            "fk_task_job", "clienttask", "job", ["job_id"], ["id"], '
         "postgresql_not_valid=True\n"
-        "    )\n"
-        '    op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_task_job")'
+        "        )\n"
+        '        op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_task_job")'
     ),
     "check NOT VALID": (
         "    op.create_check_constraint(\n"
@@ -190,7 +237,7 @@ HARMLESS = {
         "    with op.get_context().autocommit_block():\n"
         "        op.create_index(\n"
         '            "uq_job_message", "job", ["message"], unique=True, '
-        "postgresql_concurrently=True\n"
+        "postgresql_concurrently=True, if_not_exists=True\n"
         "        )\n"
         '    op.execute("ALTER TABLE job ADD CONSTRAINT uq_job_message '
         'UNIQUE USING INDEX uq_job_message")'

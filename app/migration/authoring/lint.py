@@ -67,6 +67,9 @@ from alembic.util import CommandError
 from sqlalchemy.dialects import postgresql
 
 from app.migration.authoring.autogenerate import generic_type
+from app.migration.authoring.lock_rules import statement_hazards
+from app.migration.authoring.squawk import SquawkMissing
+from app.migration.authoring.statements import Statement, split_sql
 
 DATA_LOSS = "acknowledged_data_loss"
 LOCK_HAZARDS = "acknowledged_lock_hazards"
@@ -139,6 +142,9 @@ class RecordingImpl(DefaultImpl):
         self.in_autocommit_block = False
         self.not_null_checks: dict[str, tuple[str, str]] = {}
         self.validated_constraints: set[str] = set()
+        self.statements: list[Statement] = []
+        self.segment = 0
+        self.rendering_raw_sql = False
 
     def flag(self, kind: str, subject: str, problem: str) -> None:
         self.flags.append(Flag(kind, subject, problem))
@@ -151,19 +157,22 @@ class RecordingImpl(DefaultImpl):
         self.created_tables.add(table.name)
         super().create_table(table, **kw)
 
-    def drop_table(self, table: sa.Table, **_kw: Any) -> None:
+    def drop_table(self, table: sa.Table, **kw: Any) -> None:
         self.flag(
             "drop_table", table.name, f"drops the table and every row in it; {EXPAND_CONTRACT}"
         )
+        super().drop_table(table, **kw)
 
-    def drop_column(self, table_name: str, column: sa.Column, **_kw: Any) -> None:
+    def drop_column(self, table_name: str, column: sa.Column, **kw: Any) -> None:
         self.flag(
             "drop_column",
             f"{table_name}.{column.name}",
             f"drops the column and its values; {EXPAND_CONTRACT}",
         )
+        super().drop_column(table_name, column, **kw)
 
-    def rename_table(self, old_table_name: str, new_table_name: str, **_kw: Any) -> None:
+    def rename_table(self, old_table_name: str, new_table_name: str, **kw: Any) -> None:
+        super().rename_table(old_table_name, new_table_name, **kw)
         if not self.existed_before(old_table_name):
             self.created_tables.add(new_table_name)
             return
@@ -174,7 +183,8 @@ class RecordingImpl(DefaultImpl):
             "table, write both, copy, and drop the old one once no release reads it)",
         )
 
-    def add_column(self, table_name: str, column: sa.Column, **_kw: Any) -> None:
+    def add_column(self, table_name: str, column: sa.Column, **kw: Any) -> None:
+        super().add_column(table_name, column, **kw)
         if not column.nullable and column.server_default is None and not column.primary_key:
             self.flag(
                 "not_null",
@@ -184,6 +194,7 @@ class RecordingImpl(DefaultImpl):
             )
 
     def alter_column(self, table_name: str, column_name: str, **kw: Any) -> None:
+        super().alter_column(table_name, column_name, **kw)
         where = f"{table_name}.{column_name}"
         new_type, old_type = kw.get("type_"), kw.get("existing_type")
         if new_type is not None and (old_type is None or narrows(old_type, new_type)):
@@ -244,7 +255,8 @@ class RecordingImpl(DefaultImpl):
         has_default = server_default not in (None, False)
         return has_default or self.data_steps > 0 or not self.existed_before(table_name)
 
-    def create_index(self, index: sa.Index, **_kw: Any) -> None:
+    def create_index(self, index: sa.Index, **kw: Any) -> None:
+        super().create_index(index, **kw)
         table_name = index.table.name
         if not self.existed_before(table_name):
             return
@@ -265,7 +277,8 @@ class RecordingImpl(DefaultImpl):
                 "`with op.get_context().autocommit_block():`",
             )
 
-    def add_constraint(self, const: Any, **_kw: Any) -> None:
+    def add_constraint(self, const: Any, **kw: Any) -> None:
+        super().add_constraint(const, **kw)
         table_name = const.table.name
         if isinstance(const, sa.CheckConstraint):
             self.remember_not_null_check(table_name, const)
@@ -297,6 +310,9 @@ class RecordingImpl(DefaultImpl):
 
     def execute(self, sql: Any, execution_options: Any = None) -> None:
         self.data_steps += 1
+        self.rendering_raw_sql = isinstance(sql, str | sa.TextClause)
+        super().execute(sql, execution_options)
+        self.rendering_raw_sql = False
         text = sql if isinstance(sql, str) else getattr(sql, "text", "")
         self.validated_constraints.update(VALIDATE_CONSTRAINT.findall(text))
         for table_name, name, column_name in NOT_VALID_NOT_NULL_CHECK.findall(text):
@@ -308,13 +324,18 @@ class RecordingImpl(DefaultImpl):
     def emit_commit(self) -> None:
         """Offline, an autocommit block starts with COMMIT (and ends with BEGIN)."""
         self.in_autocommit_block = True
+        self.segment += 1
 
     def emit_begin(self) -> None:
         self.in_autocommit_block = False
+        self.segment += 1
 
-    def _exec(self, construct: Any, *args: Any, **kw: Any) -> None:
-        """Every other operation (create table, drop index, ...) is harmless here."""
-        return None
+    def static_output(self, text: str) -> None:
+        """Each statement rendered offline, kept for squawk and the statement rules."""
+        self.statements.extend(
+            Statement(sql, self.rendering_raw_sql, self.in_autocommit_block, self.segment)
+            for sql in split_sql(text)
+        )
 
 
 def narrows(old: sa.types.TypeEngine, new: sa.types.TypeEngine) -> bool:
@@ -387,14 +408,29 @@ def sized_type(ddl: str) -> tuple[str, int | None, int | None]:
     return name, int(size) if size else None, int(scale) if scale else None
 
 
-def flagged_operations(script: Script) -> list[Flag]:
-    """Each flagged operation of the revision's upgrade()."""
+def recorded_upgrade(script: Script) -> RecordingImpl:
+    """The revision's upgrade() run offline for PostgreSQL: its flags and statements."""
     context = MigrationContext.configure(dialect_name="postgresql", opts={"as_sql": True})
     recording = RecordingImpl(context)
     context.impl = recording
     with Operations.context(context):
         script.module.upgrade()
-    return recording.flags
+    return recording
+
+
+def flagged_operations(recording: RecordingImpl) -> list[Flag]:
+    """The operations the recording flagged, then what squawk and the statement rules
+    find in its SQL that it did not (every kind but ACKNOWLEDGED_IN's is a lock hazard)."""
+    flags = list(recording.flags)
+    keys = {flag.key for flag in flags}
+    for hazard in statement_hazards(
+        recording.statements, recording.created_tables, judged=set(ACKNOWLEDGED_IN)
+    ):
+        flag = Flag(*hazard)
+        if flag.key not in keys:
+            flags.append(flag)
+            keys.add(flag.key)
+    return flags
 
 
 def lint_revision(script: Script) -> list[Finding]:
@@ -404,7 +440,7 @@ def lint_revision(script: Script) -> list[Finding]:
         findings.append(Finding(script.revision, script.path, key, problem))
 
     try:
-        flags = flagged_operations(script)
+        recording = recorded_upgrade(script)
     except Exception as exc:
         found(
             "offline",
@@ -413,8 +449,9 @@ def lint_revision(script: Script) -> list[Finding]:
             "op.get_bind(), or branch on op.get_context().as_sql",
         )
         return findings
+    flags = flagged_operations(recording)
     for flag in flags:
-        where = ACKNOWLEDGED_IN[flag.kind]
+        where = ACKNOWLEDGED_IN.get(flag.kind, LOCK_HAZARDS)
         reason = str(getattr(script.module, where, {}).get(flag.key, "")).strip()
         naming = ", naming the release that stopped reading it" if flag.kind in CONTRACTS else ""
         if not reason:
@@ -426,7 +463,7 @@ def lint_revision(script: Script) -> list[Finding]:
                 "it (a version such as 0.4.0)",
             )
     for where in sorted(set(ACKNOWLEDGED_IN.values())):
-        done = {flag.key for flag in flags if ACKNOWLEDGED_IN[flag.kind] == where}
+        done = {flag.key for flag in flags if ACKNOWLEDGED_IN.get(flag.kind, LOCK_HAZARDS) == where}
         for key in sorted(set(getattr(script.module, where, {})) - done):
             found(key, f"acknowledged in {where} but the revision does not do it")
     return findings
@@ -467,7 +504,11 @@ def main(argv: Sequence[str] = (), report: Callable[[str], None] = print) -> int
         return report_new_revision(args.revision_file, report)
     from app.migration.revisions import script_directory
 
-    findings = lint_revisions(script_directory())
+    try:
+        findings = lint_revisions(script_directory())
+    except SquawkMissing as exc:
+        report(f"lint: error: {exc}")
+        return 2
     for finding in findings:
         report(str(finding))
     return 1 if findings else 0
@@ -477,7 +518,7 @@ def report_new_revision(path: Path, report: Callable[[str], None]) -> int:
     """Warn about a revision just written; CI's lint test is what fails on it."""
     try:
         findings = lint_revision(revision_at(path))
-    except (LookupError, CommandError) as exc:
+    except (LookupError, CommandError, SquawkMissing) as exc:
         report(f"lint: error: {exc}")
         return 1
     for finding in findings:
