@@ -50,7 +50,9 @@ HAZARDS = {
         "index_not_concurrent job.ix_job_message",
         safe_upgrade="""\
     with op.get_context().autocommit_block():
-        op.create_index("ix_job_message", "job", ["message"], postgresql_concurrently=True)
+        op.create_index(
+            "ix_job_message", "job", ["message"], postgresql_concurrently=True, if_not_exists=True
+        )
 """,
     ),
     "NOT NULL on an existing column": Hazard(
@@ -58,16 +60,19 @@ HAZARDS = {
         '    message: str = ""\n',
         "set_not_null job.message",
         safe_upgrade="""\
-    op.execute("UPDATE job SET message = '' WHERE message IS NULL")
+    with op.get_context().autocommit_block():
+        op.execute("UPDATE job SET message = '' WHERE message IS NULL")
     on_postgresql = op.get_context().dialect.name == "postgresql"
     if on_postgresql:
-        op.create_check_constraint(
-            op.f("ck_job_message_not_null"),
-            "job",
-            "message IS NOT NULL",
-            postgresql_not_valid=True,
-        )
-        op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")
+        with op.get_context().autocommit_block():
+            op.execute("ALTER TABLE job DROP CONSTRAINT IF EXISTS ck_job_message_not_null")
+            op.create_check_constraint(
+                op.f("ck_job_message_not_null"),
+                "job",
+                "message IS NOT NULL",
+                postgresql_not_valid=True,
+            )
+            op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")
     with op.batch_alter_table("job", schema=None) as batch_op:
         batch_op.alter_column("message", existing_type=sa.VARCHAR(), nullable=False)
     if on_postgresql:
@@ -79,15 +84,17 @@ HAZARDS = {
         '    job_id: str | None = Field(default=None, index=True, foreign_key="job.id")\n',
         "validated_constraint clienttask.fk_clienttask_job_id_job",
         safe_upgrade="""\
-    op.create_foreign_key(
-        "fk_clienttask_job_id_job",
-        "clienttask",
-        "job",
-        ["job_id"],
-        ["id"],
-        postgresql_not_valid=True,
-    )
-    op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_clienttask_job_id_job")
+    with op.get_context().autocommit_block():
+        op.execute("ALTER TABLE clienttask DROP CONSTRAINT IF EXISTS fk_clienttask_job_id_job")
+        op.create_foreign_key(
+            "fk_clienttask_job_id_job",
+            "clienttask",
+            "job",
+            ["job_id"],
+            ["id"],
+            postgresql_not_valid=True,
+        )
+        op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_clienttask_job_id_job")
 """,
     ),
     "unique constraint": Hazard(
@@ -97,7 +104,12 @@ HAZARDS = {
         safe_upgrade="""\
     with op.get_context().autocommit_block():
         op.create_index(
-            "uq_job_message", "job", ["message"], unique=True, postgresql_concurrently=True
+            "uq_job_message",
+            "job",
+            ["message"],
+            unique=True,
+            postgresql_concurrently=True,
+            if_not_exists=True,
         )
     op.execute("ALTER TABLE job ADD CONSTRAINT uq_job_message UNIQUE USING INDEX uq_job_message")
 """,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
-from app.migration.authoring.lint import lint_revisions
+from app.migration.authoring import squawk
+from app.migration.authoring.lint import lint_revisions, main
 from app.migration.revisions import script_directory
 
 NOT_VALID_CHECK = (
@@ -341,3 +342,17 @@ def test_a_revision_that_cannot_run_offline_is_one_finding_not_a_traceback(
     (finding,) = findings_of(tmp_path, body)
     assert finding.key == "offline"
     assert "cannot be read offline (AttributeError" in finding.problem
+
+
+def test_without_squawk_the_lint_fails_in_one_line_naming_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Raw SQL would go unread: the lint stops rather than pass it."""
+    monkeypatch.setattr(squawk.shutil, "which", lambda *_args, **_kw: None)
+    lines: list[str] = []
+
+    assert main([], report=lines.append) == 2
+    assert lines == [
+        "lint: error: squawk not found: install the dev dependencies "
+        "(pip install -c constraints.txt -e '.[dev]', which brings squawk-cli==2.70.0)"
+    ]

@@ -29,9 +29,13 @@ LONGEST_PAUSE_S = 60.0
 
 
 def retrying_lock_timeouts(
-    run_once: Callable[[], None], connection: Connection, settings: Settings
+    run_once: Callable[[], None],
+    connection: Connection,
+    settings: Settings,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Call `run_once` until it gets through without a lock_timeout, a bounded number of times."""
+    """Call `run_once` until it gets through without a lock_timeout, a bounded number of
+    times, pausing with `sleep` before each retry."""
     retries = 0 if connection.in_transaction() else settings.table_lock_retries
     for retry in range(1, retries + 2):
         try:
@@ -49,7 +53,7 @@ def retrying_lock_timeouts(
                 retries,
                 pause_s,
             )
-            time.sleep(pause_s)
+            sleep(pause_s)
 
 
 def gave_up(exc: TableLockTimeoutError, retries: int) -> TableLockTimeoutError:

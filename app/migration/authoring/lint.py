@@ -410,7 +410,9 @@ def sized_type(ddl: str) -> tuple[str, int | None, int | None]:
 
 def recorded_upgrade(script: Script) -> RecordingImpl:
     """The revision's upgrade() run offline for PostgreSQL: its flags and statements."""
-    context = MigrationContext.configure(dialect_name="postgresql", opts={"as_sql": True})
+    context = MigrationContext.configure(
+        dialect_name="postgresql", opts={"as_sql": True, "literal_binds": True}
+    )
     recording = RecordingImpl(context)
     context.impl = recording
     with Operations.context(context):

@@ -14,7 +14,7 @@ import json
 import shutil
 import subprocess
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from app.migration.authoring.statements import Statement
 
@@ -107,14 +107,15 @@ def squawk_script(statements: Sequence[Statement]) -> tuple[str, list[Statement 
     return "\n".join(lines), owners
 
 
-def squawk_findings(script: str) -> list[dict]:
-    """squawk's JSON report on `script` (rule_name, line counted from 0, message, help)."""
+def squawk_findings(script: str, excluded: Iterable[str] = tuple(DROPPED)) -> list[dict]:
+    """squawk's JSON report on `script` (rule_name, line counted from 0, message, help),
+    without the `excluded` rules."""
     result = subprocess.run(
         [
             squawk_binary(),
             "--reporter=json",
             f"--pg-version={PG_VERSION}",
-            f"--exclude={','.join(DROPPED)}",
+            f"--exclude={','.join(excluded)}",
         ],
         input=script,
         capture_output=True,
