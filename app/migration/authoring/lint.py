@@ -145,6 +145,7 @@ class RecordingImpl(DefaultImpl):
         self.statements: list[Statement] = []
         self.segment = 0
         self.rendering_raw_sql = False
+        self.rendering_type_kept_in_place = False
 
     def flag(self, kind: str, subject: str, problem: str) -> None:
         self.flags.append(Flag(kind, subject, problem))
@@ -194,9 +195,13 @@ class RecordingImpl(DefaultImpl):
             )
 
     def alter_column(self, table_name: str, column_name: str, **kw: Any) -> None:
-        super().alter_column(table_name, column_name, **kw)
-        where = f"{table_name}.{column_name}"
         new_type, old_type = kw.get("type_"), kw.get("existing_type")
+        self.rendering_type_kept_in_place = (
+            new_type is not None and old_type is not None and not rewrites_table(old_type, new_type)
+        )
+        super().alter_column(table_name, column_name, **kw)
+        self.rendering_type_kept_in_place = False
+        where = f"{table_name}.{column_name}"
         if new_type is not None and (old_type is None or narrows(old_type, new_type)):
             self.flag("narrow_type", where, describe_narrowing(old_type, new_type))
         if kw.get("nullable") is False and not self.filled(table_name, kw):
@@ -333,7 +338,13 @@ class RecordingImpl(DefaultImpl):
     def static_output(self, text: str) -> None:
         """Each statement rendered offline, kept for squawk and the statement rules."""
         self.statements.extend(
-            Statement(sql, self.rendering_raw_sql, self.in_autocommit_block, self.segment)
+            Statement(
+                sql,
+                self.rendering_raw_sql,
+                self.in_autocommit_block,
+                self.segment,
+                self.rendering_type_kept_in_place,
+            )
             for sql in split_sql(text)
         )
 

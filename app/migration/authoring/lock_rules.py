@@ -110,11 +110,12 @@ def locks_held_across_slow_statements(
     for statement in statements:
         if statement.autocommit:
             continue
-        slow = works_through_rows(statement.sql) and statement.table not in created_tables
+        slow = works_through_rows(statement) and statement.table not in created_tables
         # A slow statement that locks the table itself has its own finding.
         waiting = set(locked_tables(statement.sql)) | reported
         for (segment, table), locker in held.items():
-            if slow and segment == statement.segment and table not in waiting:
+            same_object = locker.subject == statement.subject  # validate_in_transaction's case
+            if slow and segment == statement.segment and table not in waiting and not same_object:
                 reported.add(table)
                 yield (
                     "lock_held_across",
@@ -122,8 +123,9 @@ def locks_held_across_slow_statements(
                     f"`{words(locker)}` locks {table} until the transaction commits, and "
                     f"`{words(statement)}` works through every row of {statement.table} "
                     f"before that: {table}'s readers or writers wait all that time; commit "
-                    f"the quick change first ({OWN_TRANSACTION}, or its own revision) and "
-                    "run the slow step after it",
+                    "the quick change first (an autocommit block or "
+                    "app.migration.patterns.outside_transaction() after it, or a revision of "
+                    "its own) and run the slow step after that",
                 )
         for table in locked_tables(statement.sql) - created_tables:
             held.setdefault((statement.segment, table), statement)

@@ -39,8 +39,8 @@ DROPPED = {
     "require-lock-timeout": "the upgrade sets lock_timeout itself (app/migration/locking.py)",
     "require-statement-timeout": "the upgrade sets statement_timeout itself",
     "require-timeout-settings": "the same two settings, which the upgrade sets",
-    "prefer-robust-stmts": "not_rerunnable knows which statements a failed run repeats: "
-    "those committed before the last autocommit block ends, not every one outside a transaction",
+    "prefer-robust-stmts": "not_rerunnable knows which statements a failed run repeats, "
+    "including those of the transaction an autocommit block commits, which squawk skips",
     "prefer-bigint-over-int": "a style choice; the model decides the column's type",
     "prefer-bigint-over-smallint": "a style choice; the model decides the column's type",
     "prefer-identity": "a style choice; what a serial column locks, rewriting_column says",

@@ -66,13 +66,16 @@ class Statement:
     `raw`: written by hand in `op.execute` (no Alembic operation describes it);
     `autocommit`: runs in an autocommit block, committed on its own;
     `segment`: counts the transaction boundaries before it (each autocommit
-    block starts and ends one), so statements of one transaction share it.
+    block starts and ends one), so statements of one transaction share it;
+    `type_kept_in_place`: a type change the lint, knowing the old type, found
+    PostgreSQL makes without rewriting the table.
     """
 
     sql: str
     raw: bool
     autocommit: bool
     segment: int
+    type_kept_in_place: bool = False
 
     @property
     def table(self) -> str | None:
@@ -141,9 +144,12 @@ def rewrites_by_adding(sql: str) -> bool:
     return bool(SERIAL_OR_IDENTITY.search(added) or VOLATILE_DEFAULT.search(added))
 
 
-def works_through_rows(sql: str) -> bool:
+def works_through_rows(statement: Statement) -> bool:
     """Whether the statement reads or writes every row of its table (scan, rewrite,
     index build, fill), as opposed to changing only the catalogue."""
+    sql = statement.sql
+    if statement.type_kept_in_place:
+        return False
     if is_fill(sql) or re.match(r"^INSERT\s+INTO\s+.*\bSELECT\b", sql, re.I | re.S):
         return True
     if match := CREATE_INDEX.match(sql):
