@@ -140,6 +140,11 @@ FLAGGED = {
         "    op.execute(\"UPDATE clienttask SET save_path = ''\")",
         ["lock_held_across job", "fill_in_transaction clienttask"],
     ),
+    "quick column, then an index of the same table in the same transaction": (
+        '    op.add_column("job", sa.Column("note", sa.String(), nullable=True))\n'
+        '    op.create_index("ix_job_message", "job", ["message"])',
+        ["index_not_concurrent job.ix_job_message", "lock_held_across job"],
+    ),
     "validated foreign key": (
         '    op.create_foreign_key("fk_task_job", "clienttask", "job", ["job_id"], ["id"])',
         ["validated_constraint clienttask.fk_task_job"],

@@ -4,7 +4,11 @@ alembic.ini's post-write hook on every revision `alembic revision` writes.
 
 Each revision's `upgrade()` is run against a recording stand-in for Alembic's
 DDL implementation (offline, PostgreSQL dialect, nothing executed), which sees
-every operation, batch blocks and autocommit blocks included.
+every operation, batch blocks and autocommit blocks included, and keeps the
+SQL each one renders, `op.execute` included. squawk
+(app/migration/authoring/squawk.py) and the statement rules
+(app/migration/authoring/lock_rules.py, which list their own keys) read that
+SQL; their findings are lock hazards unless keyed like a data loss below.
 
 Data loss, acknowledged in `acknowledged_data_loss`:
 
@@ -272,7 +276,7 @@ class RecordingImpl(DefaultImpl):
                 where,
                 "builds the index without CONCURRENTLY, blocking every write to the table "
                 "until it is done; write it inside `with op.get_context().autocommit_block():` "
-                "as op.create_index(..., postgresql_concurrently=True)",
+                "as op.create_index(..., postgresql_concurrently=True, if_not_exists=True)",
             )
         elif not self.in_autocommit_block:
             self.flag(

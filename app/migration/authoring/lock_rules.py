@@ -11,8 +11,8 @@ that gathers them with squawk's findings for the lint.
   stamped, and every next run starts from the top and stops on it;
 * `lock_held_across <table>`: a lock that blocks the table's reads or writes,
   held until the transaction commits, through a later statement that works
-  through a table's rows (and does not lock that table itself, which its own
-  finding covers);
+  through a table's rows (unless that statement locks the table as much
+  itself: then its own finding covers it);
 * `fill_in_transaction <table>`: an UPDATE or DELETE in the upgrade's
   transaction, which keeps every row it changes locked until the upgrade commits;
 * `rewriting_column <table>.<column>`: ADD COLUMN of a serial, identity or
@@ -21,13 +21,14 @@ that gathers them with squawk's findings for the lint.
 
 import re
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 
 from app.migration.authoring.squawk import squawk_hazards
 from app.migration.authoring.statements import (
     Statement,
     action,
     is_fill,
-    locked_tables,
+    lock_levels,
     rewrites_by_adding,
     runs_twice,
     target,
@@ -105,30 +106,43 @@ def statements_a_rerun_repeats(statements: Sequence[Statement]) -> Iterator[Haza
 def locks_held_across_slow_statements(
     statements: Sequence[Statement], created_tables: set[str]
 ) -> Iterator[Hazard]:
-    held: dict[tuple[int, str], Statement] = {}
+    """A slow statement that itself locks a table as much as an earlier statement did has
+    its own finding; a VALIDATE of the constraint the earlier statement added is
+    validate_in_transaction's."""
+    held: dict[tuple[int, str], tuple[int, Statement]] = {}
     reported: set[str] = set()
     for statement in statements:
         if statement.autocommit:
             continue
-        slow = works_through_rows(statement) and statement.table not in created_tables
-        # A slow statement that locks the table itself has its own finding.
-        waiting = set(locked_tables(statement.sql)) | reported
-        for (segment, table), locker in held.items():
-            same_object = locker.subject == statement.subject  # validate_in_transaction's case
-            if slow and segment == statement.segment and table not in waiting and not same_object:
-                reported.add(table)
-                yield (
-                    "lock_held_across",
-                    table,
-                    f"`{words(locker)}` locks {table} until the transaction commits, and "
-                    f"`{words(statement)}` works through every row of {statement.table} "
-                    f"before that: {table}'s readers or writers wait all that time; commit "
-                    "the quick change first (an autocommit block or "
-                    "app.migration.patterns.outside_transaction() after it, or a revision of "
-                    "its own) and run the slow step after that",
+        own = lock_levels(statement.sql)
+        if works_through_rows(statement) and statement.table not in created_tables:
+            for (segment, table), (level, locker) in held.items():
+                if (
+                    segment == statement.segment
+                    and level > own.get(table, 0)
+                    and locker.subject != statement.subject
+                    and table not in reported
+                ):
+                    reported.add(table)
+                    yield held_across(table, locker, statement)
+        for table, level in own.items():
+            if table not in created_tables:
+                earlier = held.get((statement.segment, table), (0, statement))
+                held[(statement.segment, table)] = max(
+                    earlier, (level, statement), key=itemgetter(0)
                 )
-        for table in locked_tables(statement.sql) - created_tables:
-            held.setdefault((statement.segment, table), statement)
+
+
+def held_across(table: str, locker: Statement, slow: Statement) -> Hazard:
+    return (
+        "lock_held_across",
+        table,
+        f"`{words(locker)}` locks {table} until the transaction commits, and `{words(slow)}` "
+        f"works through every row of {slow.table} before that: {table}'s readers or writers "
+        "wait all that time; commit the quick change first (an autocommit block or "
+        "app.migration.patterns.outside_transaction() after it, or a revision of its own) and "
+        "run the slow step after that",
+    )
 
 
 def fills_in_the_transaction(statements: Sequence[Statement]) -> Iterator[Hazard]:

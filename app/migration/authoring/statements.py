@@ -160,24 +160,30 @@ def works_through_rows(statement: Statement) -> bool:
     return bool(ADDED_CONSTRAINT.match(altered)) and not SKIPS_CHECKING.search(altered)
 
 
-def locked_tables(sql: str) -> set[str]:
-    """The tables whose reads or writes wait for this statement's transaction to end:
-    every ALTER TABLE but a lone VALIDATE CONSTRAINT (SHARE UPDATE EXCLUSIVE lets both
-    go on) locks its table, a foreign key its referenced table too; CREATE INDEX
-    blocks writes; DROP and TRUNCATE block everything; a fill locks the rows it changes."""
+ROWS, WRITES, READS_AND_WRITES = 1, 2, 3  # what a lock makes the service wait for
+
+
+def lock_levels(sql: str) -> dict[str, int]:
+    """What waits on each table until this statement's transaction ends: an ALTER TABLE
+    takes ACCESS EXCLUSIVE (reads and writes wait), but a foreign key SHARE ROW EXCLUSIVE
+    on both tables (writes) and a lone VALIDATE CONSTRAINT SHARE UPDATE EXCLUSIVE
+    (nothing); CREATE INDEX SHARE (writes); DROP TABLE and TRUNCATE ACCESS EXCLUSIVE; a
+    fill locks the rows it changes."""
     table = target(sql)[0]
     if table is None:
-        return set()
+        return {}
     if altered := action(sql):
         if re.match(r"VALIDATE\s+CONSTRAINT\b", altered, re.I):
-            return set()
-        return {table, *REFERENCES.findall(altered)}
+            return {}
+        if referenced := REFERENCES.findall(altered):
+            return dict.fromkeys([table, *referenced], WRITES)
+        return {table: READS_AND_WRITES}
     creates_index = CREATE_INDEX.match(sql)
     if creates_index and creates_index.group(1) is None:
-        return {table}
-    if is_fill(sql) or re.match(r"^(?:DROP\s+TABLE|TRUNCATE)\b", sql, re.I):
-        return {table}
-    return set()
+        return {table: WRITES}
+    if re.match(r"^(?:DROP\s+TABLE|TRUNCATE)\b", sql, re.I):
+        return {table: READS_AND_WRITES}
+    return {table: ROWS} if is_fill(sql) else {}
 
 
 def runs_twice(sql: str) -> bool:
