@@ -437,7 +437,7 @@ def recorded_upgrade(script: Script) -> RecordingImpl:
 
 def flagged_operations(recording: RecordingImpl) -> list[Flag]:
     """The operations the recording flagged, then what squawk and the statement rules
-    find in its SQL that it did not (every kind but ACKNOWLEDGED_IN's is a lock hazard)."""
+    find in its SQL that it did not."""
     flags = list(recording.flags)
     keys = {flag.key for flag in flags}
     for hazard in statement_hazards(
@@ -448,6 +448,12 @@ def flagged_operations(recording: RecordingImpl) -> list[Flag]:
             flags.append(flag)
             keys.add(flag.key)
     return flags
+
+
+def acknowledged_in(kind: str) -> str:
+    """The dict that acknowledges a kind: squawk's and the statement rules' kinds are lock
+    hazards unless keyed like one of ACKNOWLEDGED_IN's."""
+    return ACKNOWLEDGED_IN.get(kind, LOCK_HAZARDS)
 
 
 def lint_revision(script: Script) -> list[Finding]:
@@ -468,7 +474,7 @@ def lint_revision(script: Script) -> list[Finding]:
         return findings
     flags = flagged_operations(recording)
     for flag in flags:
-        where = ACKNOWLEDGED_IN.get(flag.kind, LOCK_HAZARDS)
+        where = acknowledged_in(flag.kind)
         reason = str(getattr(script.module, where, {}).get(flag.key, "")).strip()
         naming = ", naming the release that stopped reading it" if flag.kind in CONTRACTS else ""
         if not reason:
@@ -480,7 +486,7 @@ def lint_revision(script: Script) -> list[Finding]:
                 "it (a version such as 0.4.0)",
             )
     for where in sorted(set(ACKNOWLEDGED_IN.values())):
-        done = {flag.key for flag in flags if ACKNOWLEDGED_IN.get(flag.kind, LOCK_HAZARDS) == where}
+        done = {flag.key for flag in flags if acknowledged_in(flag.kind) == where}
         for key in sorted(set(getattr(script.module, where, {})) - done):
             found(key, f"acknowledged in {where} but the revision does not do it")
     return findings
