@@ -201,6 +201,11 @@ HARMLESS = {
         '    op.add_column("clienttask", sa.Column("note", sa.String(), nullable=True))\n'
         '    op.alter_column("job", "status", existing_type=sa.String(), type_=sa.Text())'
     ),
+    "SQL with semicolons in a string and a dollar-quoted body": (
+        "    with op.get_context().autocommit_block():\n"
+        "        op.execute(\"UPDATE job SET message = 'a; b' WHERE message IS NULL\")\n"
+        '    op.execute("DO $$ BEGIN PERFORM 1; END $$")'
+    ),
     "concurrent index in an autocommit block": (
         "    with op.get_context().autocommit_block():\n"
         '        op.create_index("ix_job_message", "job", ["message"], '

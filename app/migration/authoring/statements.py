@@ -57,6 +57,10 @@ ADDS_OR_DROPS = re.compile(
 )
 ACTION_ADDS_OR_DROPS = re.compile(r"^(?:ADD|DROP|RENAME)\b", re.I)
 FILL = re.compile(r"^(?:UPDATE|DELETE)\b", re.I)
+SQL_TOKEN = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\$(\w*)\$.*?\$\1\$|--[^\n]*|;|[^'\"$;-]+|.",
+    re.S,
+)
 
 
 @dataclass(frozen=True)
@@ -89,21 +93,16 @@ class Statement:
 
 
 def split_sql(text: str) -> list[str]:
-    """The statements of `text`, split at semicolons outside quotes and comments removed."""
-    statements, current, quote = [], [], ""
-    for line in text.splitlines():
-        if not quote:
-            line = re.sub(r"--.*$", "", line)
-        for char in line + "\n":
-            if quote:
-                quote = "" if char == quote else quote
-            elif char in "'\"":
-                quote = char
-            elif char == ";":
-                statements.append("".join(current))
-                current = []
-                continue
-            current.append(char)
+    """The statements of `text`, split at semicolons outside quotes, quoted names,
+    dollar-quoted bodies and comments; comments dropped."""
+    statements, current = [], []
+    for token in SQL_TOKEN.finditer(text):
+        piece = token.group(0)
+        if piece == ";":
+            statements.append("".join(current))
+            current = []
+        elif not piece.startswith("--"):
+            current.append(piece)
     statements.append("".join(current))
     return [statement.strip() for statement in statements if statement.strip()]
 
