@@ -44,7 +44,7 @@ from app.migration.backup import (
     space_for_copy,
     space_shortfall,
 )
-from app.migration.connection import connect_for_migrations
+from app.migration.connection import connect_for_migrations, upgrade_file_refusal
 from app.migration.errors import (
     BackupError,
     DatabaseNewerThanCodeError,
@@ -53,7 +53,13 @@ from app.migration.errors import (
 )
 from app.migration.guarded_run import backs_up
 from app.migration.rehearsal import Rehearsal, RehearsalBroken, RehearsalEnded, StepReport
-from app.migration.revisions import alembic_config, current_heads, plan_run, script_directory
+from app.migration.revisions import (
+    alembic_config,
+    current_heads,
+    plan_run,
+    script_directory,
+    unknown_revisions,
+)
 
 PLAN_FORMAT = 1
 EXIT_CODES = {"up_to_date": 0, "upgrade": 2, "refused": 1, "newer": 1, "failed": 1}
@@ -129,6 +135,9 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
 def plan_on_copy(settings: Settings, script: ScriptDirectory, shown: str) -> Plan:
     """Rehearse on a scratch copy of the SQLite file, then add the backup the upgrade takes."""
     database = Path(settings.database_url.database)
+    refusal = upgrade_file_refusal(settings)
+    if refusal is not None:
+        return refused_before_writing(settings, script, shown, refusal)
     with scratch_folder(database) as folder:
         copy = folder / database.name
         if database.exists():
@@ -139,6 +148,23 @@ def plan_on_copy(settings: Settings, script: ScriptDirectory, shown: str) -> Pla
         plan = rehearse(scratch, script, shown)
     if plan.outcome == "upgrade" and settings.backup_keep > 0:
         add_backup_outlook(plan, database, settings.data_dir / "backups")
+    plan.summary = summary_of(plan)
+    return plan
+
+
+def refused_before_writing(
+    settings: Settings, script: ScriptDirectory, shown: str, refusal: str
+) -> Plan:
+    """The upgrade's own check refuses the file before it writes: nothing to rehearse.
+
+    A path no command can use (a directory, a FIFO...) fails here as one line.
+    """
+    with connect_for_migrations(settings, read_only=True) as connection:
+        current = current_heads(connection)
+    plan = Plan(database=shown, engine="sqlite", outcome="refused", refusal=refusal)
+    plan.current, plan.heads = list(current), list(script.get_heads())
+    if not unknown_revisions(script, current):
+        plan.pending = list(plan_run(script, current, "heads").revisions)
     plan.summary = summary_of(plan)
     return plan
 
