@@ -152,11 +152,13 @@ def service_lock_path(database: str | Path) -> Path:
 def lock_held_elsewhere(lock_file: Path) -> bool:
     """Whether another process holds `lock_file` exclusively (a missing file is not held).
 
-    Probed with a shared, non-blocking `flock`, released at once.
+    Probed with a shared, non-blocking `flock`, released at once. A file this
+    user cannot open cannot be probed: it is not reported as held (the upgrade
+    refuses such a file, see `lock_file_refusal`).
     """
     try:
         fd = os.open(lock_file, os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
