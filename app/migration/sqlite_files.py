@@ -26,6 +26,7 @@ FILE_KINDS = {
     stat.S_IFBLK: "a block device",
 }
 OWNERSHIP_FIX = "fix its ownership (PUID/PGID) or permissions"
+IMMUTABLE_FIX = ", or clear its immutable attribute (chattr -i)"
 
 
 def bad_path_refusal(database: Path) -> str | None:
@@ -91,7 +92,8 @@ def file_refusal(database: Path, access: int, needed: str) -> str | None:
     if not database.is_file():
         return None
     if not os.access(database, access):
-        return f"the database {database} is not {needed} by user {os.getuid()}; {OWNERSHIP_FIX}"
+        fix = f"{OWNERSHIP_FIX}{IMMUTABLE_FIX if access & os.W_OK else ''}"
+        return f"the database {database} is not {needed} by user {os.getuid()}; {fix}"
     try:
         is_sqlite = is_sqlite_file(database, empty_ok=True)
     except OSError as exc:
