@@ -52,10 +52,11 @@ def bad_path_refusal(database: Path) -> str | None:
         return f"cannot use the database {database}: {exc.strerror}"
     if stat.S_ISREG(mode):
         return None
-    kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    kind = FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+    hint = " (a bind mount of a missing file makes a directory)" if stat.S_ISDIR(mode) else ""
     return (
-        f"the database {database} is {kind}, not a SQLite file (a bind mount of a missing "
-        "file makes a directory); remove it, or point DATABASE_URL (or DATA_DIR) at the file"
+        f"the database {database} is {kind}, not a SQLite file{hint}; remove it, or point "
+        "DATABASE_URL (or DATA_DIR) at the file"
     )
 
 
