@@ -10,17 +10,17 @@ scratch copy of the project, as the fault tests do.
 
 import hashlib
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from app.migration.journal import HISTORY_TABLE
@@ -53,7 +53,6 @@ PLAN_KEYS = {
     "adopts",
     "refusal",
     "steps",
-    "not_rehearsed",
     "backup",
 }
 STEP_KEYS = {"kind", "revision", "message", "seconds", "schema", "statements", "rebuilt"}
@@ -78,9 +77,27 @@ DATA_CHANGE = InjectedRevision(
     )
 """,
 )
+FILL_BATCH = 2
+FILL = InjectedRevision(
+    "f111a0000001",
+    HEAD,
+    "Add job.priority and fill it for failed jobs, in batches",
+    f"""\
+    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True))
+    failed = op.get_bind().execute(
+        sa.text("SELECT count(*) FROM job WHERE status = 'failed'")
+    ).scalar_one()
+    for _ in range(-(-failed // {FILL_BATCH})):
+        op.execute(
+            "UPDATE job SET priority = 1 WHERE id IN (SELECT id FROM job "
+            "WHERE status = 'failed' AND priority IS NULL LIMIT {FILL_BATCH})"
+        )
+""",
+)
+FILL_STATEMENT = "UPDATE job SET priority = 1 WHERE id IN"
 OUTSIDE_TRANSACTION = InjectedRevision(
     "c0cc00000001",
-    HEAD,
+    FILL.revision,
     "Index job.status concurrently",
     """\
     with op.get_context().autocommit_block():
@@ -109,11 +126,36 @@ def plan(project: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     result = run(project, env, "-m", "app.main", "plan", "--json")
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode in (0, 1, 2), result.stderr
+    assert_scratch_copy_gone(env, result.stderr)
     return result.returncode, json.loads(result.stdout)
 
 
 def plan_text(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return run(project, env, "-m", "app.main", "plan")
+    result = run(project, env, "-m", "app.main", "plan")
+    assert_scratch_copy_gone(env, result.stderr)
+    return result
+
+
+SCRATCH_NAMED = re.compile(r"a scratch (database|schema) (anibridge_plan_[0-9a-f]+)")
+
+
+def assert_scratch_copy_gone(env: dict[str, str], stderr: str) -> None:
+    """The scratch database or schema the plan named on stderr (PostgreSQL) exists no more."""
+    named = SCRATCH_NAMED.search(stderr)
+    if named is None:
+        assert "postgresql" not in env["DATABASE_URL"], stderr
+        return
+    kind, name = named.groups()
+    catalogue = {"database": "pg_database WHERE datname", "schema": "pg_namespace WHERE nspname"}
+    engine = engine_for(make_url(env["DATABASE_URL"]))
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(
+                sa.text(f"SELECT count(*) FROM {catalogue[kind]} = :name"), {"name": name}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert found == 0, f"the plan left its scratch {kind} {name}"
 
 
 def upgrade(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -166,6 +208,21 @@ def rows_by_key(url: URL, table: str, key: str, columns: list[str]) -> dict[Any,
             listed = ", ".join(columns)
             rows = connection.execute(sa.text(f"SELECT {key}, {listed} FROM {table}"))
             return {row[0]: tuple(row[1:]) for row in rows}
+    finally:
+        engine.dispose()
+
+
+def rows_with_a_value_in(url: URL, table: str, columns: list[str]) -> int:
+    """Rows of `table` with a value (not NULL) in any of `columns`: what a fill wrote."""
+    if not columns:
+        return 0
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            condition = " OR ".join(f'"{column}" IS NOT NULL' for column in columns)
+            return connection.execute(
+                sa.text(f'SELECT count(*) FROM "{table}" WHERE {condition}')
+            ).scalar_one()
     finally:
         engine.dispose()
 
@@ -342,8 +399,6 @@ def test_plan_of_a_release_file_is_what_the_upgrade_does_and_changes_nothing(
     assert adopted["kind"] == "adopt"
     if release != "v2.1.0.db":
         assert "episodeavailability" in adopted["rebuilt"]
-    for change in adopted["tables"]:
-        assert change["rows_changed"] == 0, change
 
     counts_before = row_counts(sqlite_database(data_dir))
     result = upgrade(REPO, env)
@@ -353,6 +408,12 @@ def test_plan_of_a_release_file_is_what_the_upgrade_does_and_changes_nothing(
         assert counts_after.get(table) == rows, table
     for change in adopted["tables"]:
         assert change["rows_before"] == counts_before[change["table"]]
+        assert change["rows_changed"] == rows_with_a_value_in(
+            sqlite_database(data_dir), change["table"], change["columns_added"]
+        ), change
+    if release == "v1.16.1.db":
+        changed = {change["table"]: change["rows_changed"] for change in adopted["tables"]}
+        assert changed["job"] == counts_before["job"] > 0
     assert applied_revisions(sqlite_database(data_dir)) == planned["pending"]
 
 
@@ -538,9 +599,11 @@ def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path,
     project = project_with(DATA_CHANGE)
     _, planned = plan(project, upgrade_environment(project, engine_url, data_dir))
     assert set(planned) == PLAN_KEYS
-    assert planned["format"] == 1
+    assert planned["format"] == 2
     for step in planned["steps"]:
         assert set(step) == STEP_KEYS
+        for statement in step["statements"]:
+            assert set(statement) == {"sql", "count", "seconds"}
         for change in step["tables"]:
             assert set(change) == TABLE_KEYS
         for lock in step["locks"]:
@@ -556,8 +619,7 @@ def test_postgres_plan_lists_the_locks_and_says_so_first(
     project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
     result = plan_text(project, env)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("Rehearsing the upgrade on the live PostgreSQL database")
-    assert "lock_timeout" in result.stderr.splitlines()[0]
+    assert result.stderr.startswith("Copying one snapshot of the live database into a scratch ")
     _, planned = plan(project, env)
     locks = {(lock["table"], lock["mode"]) for lock in planned["steps"][0]["locks"]}
     assert ("job", "ROW EXCLUSIVE") in locks
@@ -578,14 +640,46 @@ def test_postgres_unversioned_database_is_adopted_in_the_plan_as_in_the_upgrade(
     assert [revision for _, revision in history(postgres_url)] == [BASELINE, HEAD]
 
 
-def test_revision_outside_a_transaction_is_not_rehearsed_and_nothing_changes(
-    postgres_url: URL, data_dir: Path, project_with
+def test_fill_is_counted_and_its_batches_are_shown_once(
+    engine_url: URL, data_dir: Path, project_with
 ) -> None:
-    project, env = at_head_with(postgres_url, data_dir, project_with(OUTSIDE_TRANSACTION))
-    code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
-    assert code == 2 and planned["outcome"] == "upgrade"
-    assert planned["not_rehearsed"] == [OUTSIDE_TRANSACTION.revision]
-    assert planned["pending"] == [OUTSIDE_TRANSACTION.revision]
+    project, env = at_head_with(engine_url, data_dir, project_with(FILL))
+
+    code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
+
+    assert code == 2 and planned["pending"] == [FILL.revision]
+    (step,) = planned["steps"]
+    (job,) = [change for change in step["tables"] if change["table"] == "job"]
+    assert job["columns_added"] == ["priority"]
+    fills = [s for s in step["statements"] if s["sql"].startswith(FILL_STATEMENT)]
+    assert len(fills) == 1 and fills[0]["count"] >= 2 and fills[0]["seconds"] >= 0
+    text = plan_text(project, env).stdout
+    assert text.count(FILL_STATEMENT) == 1
+    assert f"{fills[0]['count']}x {FILL_STATEMENT}" in text
+
+    result = upgrade(project, env)
+    assert result.returncode == 0, result.stderr
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["priority"]) > 0
+    assert fills[0]["count"] == -(-job["rows_changed"] // FILL_BATCH)
+
+
+def test_revision_before_an_autocommit_block_is_planned_as_the_upgrade_runs_it(
+    engine_url: URL, data_dir: Path, project_with
+) -> None:
+    project, env = at_head_with(engine_url, data_dir, project_with(FILL, OUTSIDE_TRANSACTION))
+
+    code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
+
+    assert code == 2 and planned["outcome"] == "upgrade", planned["summary"]
+    assert planned["pending"] == [FILL.revision, OUTSIDE_TRANSACTION.revision]
+    assert [step["revision"] for step in planned["steps"]] == planned["pending"]
+    result = upgrade(project, env)
+    assert result.returncode == 0, result.stderr
+    assert applied_revisions(engine_url)[-2:] == planned["pending"]
+    for table, rows in last_rows_after(planned).items():
+        assert row_counts(engine_url)[table] == rows, table
+    (job,) = [change for change in planned["steps"][0]["tables"] if change["table"] == "job"]
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["priority"])
 
 
 def test_service_can_keep_writing_while_sqlite_is_planned(data_dir: Path) -> None:
@@ -628,30 +722,41 @@ def test_invalid_index_cleanup_is_not_run_by_the_plan(
     assert planned["pending"] == [DATA_CHANGE.revision]
 
 
-def test_a_retried_attempt_is_planned_once(postgres_url: URL, data_dir: Path, project_with):
-    """A lock_timeout rolls the attempt back and the run starts again: the plan shows one run."""
+@pytest.mark.timeout(120)
+def test_service_transaction_on_the_live_database_does_not_hold_the_plan(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    """The upgrade's ACCESS EXCLUSIVE is taken on the copy: a service writing job is no obstacle.
+
+    Rehearsed on the live database, the plan's ALTER TABLE waited for this
+    transaction until lock_timeout, and was tried again.
+    """
     project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
-    _, quiet = plan(project, env)
+    engine = engine_for(postgres_url)
+    with engine.connect() as service:
+        service.execute(sa.text("UPDATE job SET progress = progress"))
+        code, planned = plan(project, {**env, "DB_MIGRATION_TABLE_LOCK_TIMEOUT": "1"})
+        service.rollback()
+    engine.dispose()
+    assert code == 2 and planned["pending"] == [DATA_CHANGE.revision]
+
+
+@pytest.mark.timeout(120)
+def test_table_locked_on_the_live_database_stops_the_copy_in_one_line(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    """DDL holding job: the snapshot waits lock_timeout for it, then says so; no copy is left."""
+    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
     engine = engine_for(postgres_url)
     with engine.connect() as holder:
-        holder.execute(sa.text("LOCK TABLE job IN ACCESS SHARE MODE"))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.main", "plan", "--json"],
-            cwd=project,
-            env={**env, "DB_MIGRATION_TABLE_LOCK_TIMEOUT": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(6)
+        holder.execute(sa.text("LOCK TABLE job IN ACCESS EXCLUSIVE MODE"))
+        result = plan_text(project, {**env, "DB_MIGRATION_TABLE_LOCK_TIMEOUT": "1"})
         holder.rollback()
     engine.dispose()
-    output, errors = process.communicate(timeout=120)
-    assert process.returncode == 2, errors
-    assert "retry 1/" in errors
-    contended = json.loads(output)
-    assert [step["revision"] for step in contended["steps"]] == [DATA_CHANGE.revision]
-    assert contended["steps"][0]["tables"] == quiet["steps"][0]["tables"]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    notice, line = result.stderr.splitlines()
+    assert SCRATCH_NAMED.search(notice)
+    assert line.startswith("anibridge: error: could not copy the database for the plan: ")
 
 
 def test_postgres_refused_schema_gets_the_upgrades_own_sentence(
