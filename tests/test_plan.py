@@ -12,9 +12,12 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +125,11 @@ def run(project: Path, env: dict[str, str], *arguments: str) -> subprocess.Compl
     )
 
 
+PLAN_JSON = ("-m", "app.main", "plan", "--json")
+
+
 def plan(project: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    result = run(project, env, "-m", "app.main", "plan", "--json")
+    result = run(project, env, *PLAN_JSON)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode in (0, 1, 2), result.stderr
     assert_scratch_copy_gone(env, result.stderr)
@@ -271,7 +277,12 @@ def postgres_state(url: URL) -> dict[str, Any]:
                 "objects": [tuple(row) for row in objects],
                 "rows": {table: tuple(value) for table, value in digests.items()},
                 "sequences": [tuple(row) for row in sequences],
-                "schemas": [row[0] for row in namespaces if not row[0].startswith("pg_temp")],
+                # A session's temporary schemas stay once made: slots, not objects.
+                "schemas": [
+                    row[0]
+                    for row in namespaces
+                    if not row[0].startswith(("pg_temp", "pg_toast_temp"))
+                ],
             }
     finally:
         engine.dispose()
@@ -772,3 +783,83 @@ def test_postgres_refused_schema_gets_the_upgrades_own_sentence(
     code, planned = plan_changing_nothing(REPO, env, postgres_url, data_dir)
     assert code == 1 and planned["outcome"] == "refused"
     assert planned["refusal"] == upgrade_error(upgrade(REPO, env))
+
+
+def test_role_that_may_not_create_databases_plans_in_a_scratch_schema(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    project, env = at_head_with(postgres_url, data_dir, project_with(FILL))
+    _, as_owner = plan(project, env)
+    role = f"anibridge_plan_role_{uuid.uuid4().hex[:8]}"
+    run_sql(
+        postgres_url,
+        f"CREATE ROLE {role} LOGIN NOCREATEDB",
+        f'GRANT CREATE ON DATABASE "{postgres_url.database}" TO {role}',
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+        f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    )
+    limited = postgres_url.set(username=role)
+    try:
+        unchanged = unchanged_check(postgres_url, data_dir)
+        result = run(project, upgrade_environment(project, limited, data_dir), *PLAN_JSON)
+        unchanged()
+    finally:
+        run_sql(postgres_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+    assert "a scratch schema anibridge_plan_" in result.stderr, result.stderr
+    assert_scratch_copy_gone(env, result.stderr)
+    assert result.returncode == 2, result.stderr
+    planned = json.loads(result.stdout)
+    assert planned["pending"] == as_owner["pending"]
+    assert [step["tables"] for step in planned["steps"]] == [
+        step["tables"] for step in as_owner["steps"]
+    ]
+
+
+SLEEPING = InjectedRevision(
+    "5eeb00000001", FILL.revision, "Take a while", '    op.execute("SELECT pg_sleep(60)")\n'
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopped_plan_drops_its_copy_and_says_so(
+    postgres_url: URL, data_dir: Path, project_with, stop: signal.Signals
+) -> None:
+    project, env = at_head_with(postgres_url, data_dir, project_with(FILL, SLEEPING))
+    unchanged = unchanged_check(postgres_url, data_dir)
+    process = subprocess.Popen(
+        [sys.executable, *PLAN_JSON],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    notice = process.stderr.readline()
+    wait_until_sleeping(postgres_url)
+    process.send_signal(stop)
+    output, errors = process.communicate(timeout=60)
+    assert process.returncode == 1 and output == "", errors
+    assert errors == "anibridge: error: the plan was interrupted; its scratch copy was dropped\n"
+    assert_scratch_copy_gone(env, notice)
+    unchanged()
+
+
+def wait_until_sleeping(url: URL, timeout_s: float = 60) -> None:
+    """Until a session on the server runs the SLEEPING revision's statement."""
+    engine = engine_for(url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        with engine.connect() as connection:
+            while time.monotonic() < deadline:
+                found = connection.execute(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE query = :sleeping"),
+                    {"sleeping": "SELECT pg_sleep(60)"},
+                ).scalar_one()
+                connection.rollback()
+                if found:
+                    return
+                time.sleep(0.1)
+    finally:
+        engine.dispose()
+    raise AssertionError("the plan's upgrade never reached the sleeping revision")
