@@ -863,3 +863,87 @@ def wait_until_sleeping(url: URL, timeout_s: float = 60) -> None:
     finally:
         engine.dispose()
     raise AssertionError("the plan's upgrade never reached the sleeping revision")
+
+
+SCHEMA_FINGERPRINT = {
+    "columns": "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), "
+    "pg_get_expr(d.adbin, d.adrelid), a.attnotnull, a.attidentity, a.attgenerated "
+    "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+    "LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum "
+    "WHERE c.relnamespace = current_schema()::regnamespace AND a.attnum > 0 "
+    "AND NOT a.attisdropped ORDER BY 1, 2",
+    "constraints": "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE connamespace = current_schema()::regnamespace ORDER BY 1",
+    "indexes": "SELECT indexname, indexdef FROM pg_indexes "
+    "WHERE schemaname = current_schema() ORDER BY 1",
+    "views": "SELECT viewname, definition FROM pg_views "
+    "WHERE schemaname = current_schema() ORDER BY 1",
+    "sequences": "SELECT sequencename, data_type::text, start_value, increment_by, last_value "
+    "FROM pg_sequences WHERE schemaname = current_schema() ORDER BY 1",
+    "owned": "SELECT s.relname, t.relname, d.refobjsubid FROM pg_depend d "
+    "JOIN pg_class s ON s.oid = d.objid JOIN pg_class t ON t.oid = d.refobjid "
+    "WHERE s.relkind = 'S' AND d.deptype IN ('a', 'i') ORDER BY 1",
+    "types": "SELECT t.typname, e.enumlabel FROM pg_type t JOIN pg_enum e "
+    "ON e.enumtypid = t.oid ORDER BY 1, e.enumsortorder",
+}
+
+
+def schema_fingerprint(url: URL) -> dict[str, Any]:
+    """What the scratch copy must have as the live database has it, rows as digests."""
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            found = {
+                name: [tuple(row) for row in connection.execute(sa.text(query))]
+                for name, query in SCHEMA_FINGERPRINT.items()
+            }
+            tables = sa.inspect(connection).get_table_names()
+            found["rows"] = {
+                table: tuple(
+                    connection.execute(
+                        sa.text(
+                            f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY "
+                            f"t::text), '')) FROM \"{table}\" t"
+                        )
+                    ).one()
+                )
+                for table in tables
+            }
+            schema = connection.execute(sa.text("SELECT current_schema()")).scalar_one()
+    finally:
+        engine.dispose()
+    unqualified = f" ON {schema}."
+    found["indexes"] = [
+        (name, definition.replace(unqualified, " ON ")) for name, definition in found["indexes"]
+    ]
+    return found
+
+
+def test_scratch_copy_has_every_object_row_and_sequence_value_of_the_live_database(
+    postgres_url: URL, data_dir: Path
+) -> None:
+    from app.migration.scratch_copy import scratch_copy
+
+    at_revision(postgres_url, data_dir, "head")
+    run_sql(
+        postgres_url,
+        "CREATE TYPE mood AS ENUM ('calm', 'busy')",
+        "CREATE TABLE note (id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "job_id varchar REFERENCES job (id) ON DELETE CASCADE, mood mood NOT NULL DEFAULT 'calm', "
+        'body text COLLATE "C" CHECK (length(body) < 100), '
+        "size integer GENERATED ALWAYS AS (length(body)) STORED)",
+        "INSERT INTO note (job_id, body) SELECT id, status FROM job WHERE status = 'failed'",
+        "CREATE INDEX ix_note_busy ON note (lower(body)) WHERE mood = 'busy'",
+        "CREATE SEQUENCE ticket START 7 INCREMENT 3",
+        "SELECT nextval('ticket')",
+        "CREATE VIEW failed_jobs AS SELECT id, message FROM job WHERE status = 'failed'",
+    )
+    live = schema_fingerprint(postgres_url)
+    notices: list[str] = []
+    with scratch_copy(postgres_url, 5, notices.append) as copy:
+        assert schema_fingerprint(copy) == live
+        assert copy.database != postgres_url.database
+    assert_scratch_copy_gone(
+        {"DATABASE_URL": postgres_url.render_as_string(False)}, " ".join(notices)
+    )
+    assert schema_fingerprint(postgres_url) == live
