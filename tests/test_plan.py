@@ -947,3 +947,23 @@ def test_scratch_copy_has_every_object_row_and_sequence_value_of_the_live_databa
         {"DATABASE_URL": postgres_url.render_as_string(False)}, " ".join(notices)
     )
     assert schema_fingerprint(postgres_url) == live
+
+
+def test_a_step_of_many_batches_prints_at_most_a_screen() -> None:
+    """A fill of 1,000,000 rows in batches, whether its statements repeat or differ by key."""
+    from app.migration.plan import SHOWN_STATEMENTS, render_step
+    from app.migration.rehearsal import StatementRun, StepReport
+
+    repeated = StatementRun("UPDATE job SET priority = 0 WHERE priority IS NULL LIMIT 1000", 1000)
+    by_key = [StatementRun(f"UPDATE job SET priority = 0 WHERE id <= {n}", 1) for n in range(1000)]
+    for statements in ([repeated], by_key):
+        step = StepReport("upgrade", "f111a0000001", "Fill", 1.0, statements=statements)
+        lines = render_step(1, step)
+        assert len(lines) <= SHOWN_STATEMENTS + 3 <= 24, lines
+    assert render_step(1, StepReport("upgrade", "r", "m", 0.0, statements=[repeated]))[-1] == (
+        f"     1,000x {repeated.sql} (0.000 s)"
+    )
+    assert render_step(1, step)[-1] == (
+        f"     ... {1000 - SHOWN_STATEMENTS} more distinct statements, run "
+        f"{1000 - SHOWN_STATEMENTS} times: see --json"
+    )

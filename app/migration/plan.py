@@ -361,7 +361,9 @@ def render_statements(statements: list[StatementRun]) -> list[str]:
     hidden = statements[SHOWN_STATEMENTS:]
     if hidden:
         ran = sum(statement.count for statement in hidden)
-        lines.append(f"     ... {len(hidden):,} more distinct statements ({ran:,} run): see --json")
+        lines.append(
+            f"     ... {len(hidden):,} more distinct statements, run {ran:,} times: see --json"
+        )
     return lines
 
 
