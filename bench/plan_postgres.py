@@ -137,7 +137,8 @@ def probed(
         result = subprocess.run(argv, cwd=project, env=environ, capture_output=True, text=True)
         took = time.perf_counter() - started
     if result.returncode not in (0, PLAN_EXIT_WOULD_CHANGE):
-        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr}")
+        failure = result.stderr + result.stdout[-2000:]
+        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {failure}")
     return Sample(probe.longest()), Sample(took)
 
 

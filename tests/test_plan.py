@@ -98,6 +98,13 @@ FILL = InjectedRevision(
 """,
 )
 FILL_STATEMENT = "UPDATE job SET priority = 1 WHERE id IN"
+DEFAULTED = InjectedRevision(
+    "defa00000001",
+    HEAD,
+    "Add job.attempts, 0 for every job",
+    '    op.add_column("job", sa.Column("attempts", sa.Integer(), nullable=False, '
+    'server_default="0"))\n',
+)
 OUTSIDE_TRANSACTION = InjectedRevision(
     "c0cc00000001",
     FILL.revision,
@@ -674,6 +681,21 @@ def test_fill_is_counted_and_its_batches_are_shown_once(
     assert fills[0]["count"] == -(-job["rows_changed"] // FILL_BATCH)
 
 
+def test_column_added_with_a_default_counts_every_row(
+    engine_url: URL, data_dir: Path, project_with
+) -> None:
+    """Only ALTER TABLE named the table: counted from the added column, no row comparison."""
+    project, env = at_head_with(engine_url, data_dir, project_with(DEFAULTED))
+    code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
+    assert code == 2
+    (job,) = [change for change in planned["steps"][0]["tables"] if change["table"] == "job"]
+    assert job["columns_added"] == ["attempts"] and not job["rebuilt"]
+    result = upgrade(project, env)
+    assert result.returncode == 0, result.stderr
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["attempts"]) > 0
+    assert job["rows_changed"] == row_counts(engine_url)["job"]
+
+
 def test_revision_before_an_autocommit_block_is_planned_as_the_upgrade_runs_it(
     engine_url: URL, data_dir: Path, project_with
 ) -> None:
@@ -793,18 +815,27 @@ def test_role_that_may_not_create_databases_plans_in_a_scratch_schema(
     role = f"anibridge_plan_role_{uuid.uuid4().hex[:8]}"
     run_sql(
         postgres_url,
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC",
         f"CREATE ROLE {role} LOGIN NOCREATEDB",
         f'GRANT CREATE ON DATABASE "{postgres_url.database}" TO {role}',
         f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
         f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
     )
-    limited = postgres_url.set(username=role)
+    limited = upgrade_environment(project, postgres_url.set(username=role), data_dir)
     try:
         unchanged = unchanged_check(postgres_url, data_dir)
-        result = run(project, upgrade_environment(project, limited, data_dir), *PLAN_JSON)
+        no_usage = run(project, limited, "-m", "app.main", "plan")
+        run_sql(postgres_url, f"GRANT USAGE ON SCHEMA public TO {role}")
+        result = run(project, limited, *PLAN_JSON)
         unchanged()
     finally:
         run_sql(postgres_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+    assert no_usage.returncode == 1, no_usage.stdout
+    assert no_usage.stderr.splitlines()[-1] == (
+        f"anibridge: error: user {role} may use no schema on its search_path in the database "
+        f"{postgres_url.database}; grant it USAGE on the application's schema"
+    )
+    assert_scratch_copy_gone(env, no_usage.stderr)
     assert "a scratch schema anibridge_plan_" in result.stderr, result.stderr
     assert_scratch_copy_gone(env, result.stderr)
     assert result.returncode == 2, result.stderr

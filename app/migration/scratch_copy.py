@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 
 SCRATCH_PREFIX = "anibridge_plan_"
 INSUFFICIENT_PRIVILEGE = "42501"
-UNSYNCED = "-csynchronous_commit=off"
-"""The copy is thrown away: its commits need not wait for the disk."""
+COPY_SESSION = "-csynchronous_commit=off -cmaintenance_work_mem=256MB"
+"""The copy's sessions: commits that need not wait for the disk (the copy is thrown away),
+and room to sort in memory when its indexes are built (measured below, docs/plan.md)."""
 
 
 class ScratchCopyError(MigrationError):
@@ -107,14 +108,14 @@ def scratch_place(admin: Connection, url: URL) -> Iterator[tuple[URL, str]]:
     quoted = admin.dialect.identifier_preparer.quote(name)
     try:
         admin.exec_driver_sql(f"CREATE DATABASE {quoted}")
-        copy_url = url.set(database=name).update_query_dict({"options": UNSYNCED})
+        copy_url = url.set(database=name).update_query_dict({"options": COPY_SESSION})
         place = (copy_url, f"a scratch database {name} on the same server")
         drop = f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"
     except ProgrammingError as exc:
         if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
             raise
         create_scratch_schema(admin, quoted, url)
-        copy_url = url.update_query_dict({"options": f"-csearch_path={name} {UNSYNCED}"})
+        copy_url = url.update_query_dict({"options": f"-csearch_path={name} {COPY_SESSION}"})
         place = (copy_url, f"a scratch schema {name} in the live database")
         drop = f"DROP SCHEMA IF EXISTS {quoted} CASCADE"
     try:
@@ -146,6 +147,7 @@ def fill_copy(live: Engine, copy_url: URL, lock_timeout_s: int) -> None:
     try:
         with snapshot.connect() as source, copy.connect() as target:
             source.exec_driver_sql(f"SET LOCAL lock_timeout = '{lock_timeout_s}s'")
+            require_schema(source, live.url)
             lock_tables(source)
             script = schema_script(source)
             for statement in script.before_rows:
@@ -162,6 +164,15 @@ def fill_copy(live: Engine, copy_url: URL, lock_timeout_s: int) -> None:
         ) from None
     finally:
         copy.dispose()
+
+
+def require_schema(source: Connection, url: URL) -> None:
+    """A role that may use no schema on its search_path would copy nothing: say so instead."""
+    if source.exec_driver_sql("SELECT current_schema()").scalar() is None:
+        raise ScratchCopyError(
+            f"user {url.username} may use no schema on its search_path in the database "
+            f"{url.database}; grant it USAGE on the application's schema"
+        )
 
 
 def lock_tables(source: Connection) -> None:
