@@ -153,10 +153,12 @@ SCRATCH_NAMED = re.compile(r"a scratch (database|schema) (anibridge_plan_[0-9a-f
 
 
 def assert_scratch_copy_gone(env: dict[str, str], stderr: str) -> None:
-    """The scratch database or schema the plan named on stderr (PostgreSQL) exists no more."""
+    """The scratch database or schema the plan named on stderr (PostgreSQL) exists no more.
+
+    The plan names it as soon as it is made: no name, no copy.
+    """
     named = SCRATCH_NAMED.search(stderr)
     if named is None:
-        assert "postgresql" not in env["DATABASE_URL"], stderr
         return
     kind, name = named.groups()
     catalogue = {"database": "pg_database WHERE datname", "schema": "pg_namespace WHERE nspname"}
@@ -790,6 +792,17 @@ def test_table_locked_on_the_live_database_stops_the_copy_in_one_line(
     notice, line = result.stderr.splitlines()
     assert SCRATCH_NAMED.search(notice)
     assert line.startswith("anibridge: error: could not copy the database for the plan: ")
+
+
+def test_unknown_postgres_database_is_named_as_status_names_it(
+    postgres_url: URL, data_dir: Path
+) -> None:
+    env = upgrade_environment(REPO, postgres_url.set(database="anibridge_no_such"), data_dir)
+    planned = plan_text(REPO, env)
+    status = run(REPO, env, "-m", "app.main", "status")
+    assert planned.returncode == 1 and planned.stdout == "", planned.stderr
+    assert planned.stderr == status.stderr
+    assert planned.stderr.startswith("anibridge: error: cannot use the database ")
 
 
 def test_postgres_refused_schema_gets_the_upgrades_own_sentence(

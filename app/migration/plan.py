@@ -118,6 +118,7 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
     shown = settings.database_url.render_as_string(hide_password=True)
     if settings.is_sqlite:
         return plan_on_copy(settings, script, shown)
+    require_reachable(settings)
     try:
         with scratch_copy(settings.database_url, settings.table_lock_timeout, notice) as copy:
             plan = rehearse(dataclasses.replace(settings, database_url=copy), script, shown)
@@ -125,6 +126,12 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
         raise PlanError("the plan was interrupted; its scratch copy was dropped") from None
     plan.summary = summary_of(plan)
     return plan
+
+
+def require_reachable(settings: Settings) -> None:
+    """A live database that does not answer is named in the words every command uses."""
+    with connect_for_migrations(settings, read_only=True):
+        pass
 
 
 def plan_on_copy(settings: Settings, script: ScriptDirectory, shown: str) -> Plan:
