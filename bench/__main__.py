@@ -20,6 +20,7 @@ BENCHMARKS = {
     "container": "bench.container",
     "plan": "bench.plan",
     "locks": "bench.locks",
+    "plan-postgres": "bench.plan_postgres",
 }
 MIN_RUNS = 5
 
