@@ -206,15 +206,16 @@ class BatchedFill:
     def fill_window(self, connection: sa.Connection, after: Any, upto: Any) -> int:
         """Fill the rows `where` selects among the keys past `after` up to `upto`; how many.
 
-        The keys come from the subquery, so the statement walks the key's index,
-        not an index of a column `where` names (which SQLite's planner may
-        prefer, scanning every unfilled row for each batch).
+        `where` is wrapped in a CASE, which no index serves: the rows are found
+        along the key's index, never through an index of a column `where` names
+        (`priority IS NULL` on `ix_job_priority`), which SQLite's planner
+        prefers otherwise, going through every unfilled row for each batch.
         """
         past = "" if after is None else f"{self.key} > :after AND "
         statement = sa.text(
             f"UPDATE {self.table} SET {self.set_} WHERE {self.key} IN "
             f"(SELECT {self.key} FROM {self.table} WHERE {past}{self.key} <= :upto) "
-            f"AND ({self.where})"
+            f"AND CASE WHEN ({self.where}) THEN 1 ELSE 0 END = 1"
         )
         return connection.execute(statement, {"upto": upto, **bound_after(after)}).rowcount
 
