@@ -540,8 +540,8 @@ def report_new_revision(path: Path, report: Callable[[str], None]) -> int:
         report(f"lint: {finding}")
     if findings:
         report(
-            f"lint: {len(findings)} finding(s) in {path.name}: change the revision or "
-            "acknowledge them (docs/migrations.md); the test suite fails until then"
+            f"lint: {len(findings)} finding(s) in {path.name}: change the revision, or "
+            "acknowledge those that say so (docs/migrations.md); the test suite fails until then"
         )
     return 0
 
