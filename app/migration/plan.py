@@ -59,6 +59,7 @@ from app.migration.revisions import (
     current_heads,
     plan_run,
     script_directory,
+    single_head,
     unknown_revisions,
 )
 from app.migration.scratch_copy import scratch_copy
@@ -121,6 +122,7 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
     """
     settings = dataclasses.replace(settings, connect_retries=0)
     script = script_directory()
+    single_head(script)
     shown = settings.database_url.render_as_string(hide_password=True)
     if settings.is_sqlite:
         return plan_on_copy(settings, script, shown)

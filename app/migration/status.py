@@ -47,6 +47,7 @@ from app.migration.revisions import (
     newer_database_refusal,
     plan_run,
     script_directory,
+    single_head,
     unknown_revisions,
 )
 
@@ -78,6 +79,7 @@ def database_status(settings: Settings, target_metadata: MetaData | None = None)
     """
     settings = dataclasses.replace(settings, connect_retries=0)
     script = script_directory()
+    single_head(script)
     with connect_for_migrations(settings, read_only=True) as connection:
         running = upgrade_running(connection, settings.database_url)
         current = current_heads(connection)
@@ -94,7 +96,7 @@ def database_status(settings: Settings, target_metadata: MetaData | None = None)
             edited=edited_revisions(script, current, history),
         )
         refusal = upgrade_file_refusal(settings)
-        fill_state(status, script, connection, current, target_metadata, refusal)
+        fill_state(status, script, connection, settings, target_metadata, refusal)
     return status
 
 
@@ -102,7 +104,7 @@ def fill_state(
     status: DatabaseStatus,
     script: ScriptDirectory,
     connection: Connection,
-    current,
+    settings: Settings,
     target_metadata: MetaData | None,
     file_refusal: str | None,
 ) -> None:
@@ -110,7 +112,8 @@ def fill_state(
 
     `file_refusal` is the upgrade's first check, made before it reads a revision.
     """
-    newer = newer_database_refusal(script, connection, current)
+    current = tuple(status.current)
+    newer = newer_database_refusal(script, connection, current, settings)
     if newer is None:
         status.pending = list(plan_run(script, current, "heads").revisions)
     if file_refusal is not None:
