@@ -6,6 +6,7 @@ as fast as the upgrade itself.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (docs/plan.md)")
     restore = commands.add_parser("restore", help="replace the SQLite database with a backup")
-    restore.add_argument("backup", type=Path, help="a file from DATA_DIR/backups")
+    restore.add_argument(
+        "backup", help="a file name from DATA_DIR/backups, or a path (anything with a slash)"
+    )
     return parser.parse_args(argv)
 
 
@@ -76,23 +79,46 @@ def run(args: argparse.Namespace) -> int | None:
     return None
 
 
-def restore(settings, backup: Path) -> None:
+def restore(settings, name: str) -> None:
     from app.migration.restore import restore_backup
     from app.migration.revisions import script_directory
 
     if not settings.is_sqlite:
         raise ConfigError("DATABASE_URL: restore works on the SQLite database only")
     database = Path(settings.database_url.database)
+    backup = backup_named(settings, name)
     aside = restore_backup(backup, database, script_directory())
     kept = f"; the replaced database is kept as {aside}" if aside else ""
     print(f"restored {backup}{kept}")
 
 
+def backup_named(settings, name: str) -> Path:
+    """A bare file name is a file in DATA_DIR/backups; a name with a slash is a path."""
+    return Path(name) if os.sep in name else settings.data_dir / "backups" / name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.command == "migrate":
-        return migrate.main()
-    return migrate.exit_code_of(lambda: run(args))
+    try:
+        if args.command == "migrate":
+            code = migrate.main()
+        else:
+            code = migrate.exit_code_of(lambda: run(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return reader_gone()
+    return code
+
+
+def reader_gone() -> int:
+    """The reader of our output left (`anibridge plan | head -1`): exit 1 without a traceback.
+
+    As Python's note on SIGPIPE advises (docs.python.org/3/library/signal.html):
+    what is still buffered goes to /dev/null, so the flush at exit raises nothing.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

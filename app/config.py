@@ -173,6 +173,10 @@ def ensure_data_dir(settings: Settings) -> None:
     for folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(
+                f"DATA_DIR: {folder} is not a folder; move it away or set DATA_DIR to a folder"
+            ) from None
         except OSError as exc:
             raise ConfigError(f"DATA_DIR: cannot create {folder}: {exc.strerror}") from None
 

@@ -15,6 +15,7 @@ from app.data import crud
 from app.data.session import session_scope
 from app.engine import make_engine
 from app.migration.at_head import at_vouched_head
+from app.migration.connection import check_sqlite_file
 from app.migration.guarded_run import database_revision, require_database_at_head, upgrade_database
 from app.migration.locking import service_lock
 
@@ -71,9 +72,16 @@ def running_service(settings: Settings) -> Iterator[tuple[str | None, Engine]]:
 
 
 def service_lock_if_sqlite(settings: Settings) -> AbstractContextManager:
+    """The service lock beside a SQLite file, once the file passes the checks of what follows.
+
+    The upgrade's checks (a read's with DB_MIGRATE_ON_STARTUP=false): a path no
+    command can use is refused before a lock file is made beside it.
+    """
     if not settings.is_sqlite:
         return nullcontext()
-    return service_lock(Path(settings.database_url.database), settings.migration_lock_timeout)
+    database = Path(settings.database_url.database)
+    check_sqlite_file(database, writable=settings.migrate_on_startup)
+    return service_lock(database, settings.migration_lock_timeout)
 
 
 @asynccontextmanager

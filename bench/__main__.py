@@ -20,6 +20,7 @@ BENCHMARKS = {
     "container": "bench.container",
     "plan": "bench.plan",
     "locks": "bench.locks",
+    "plan-postgres": "bench.plan_postgres",
     "lint": "bench.lint",
 }
 MIN_RUNS = 5

@@ -1,4 +1,4 @@
-"""9. Revision lint: `lint_revisions` over the lock corpus (tests/data/lock_corpus).
+"""10. Revision lint: `lint_revisions` over the lock corpus (tests/data/lock_corpus).
 
 The floor is what the lint cannot do without: rendering each revision offline
 and one squawk run on its SQL. The lint adds its own rules, the statement
@@ -23,7 +23,7 @@ def render_and_squawk(corpus: ScriptDirectory) -> None:
 def run(quick: bool, runs: int) -> Report:
     corpus = ScriptDirectory(str(CORPUS))
     count = len(list(corpus.walk_revisions()))
-    report = Report(f"9. Revision lint ({count} revisions)")
+    report = Report(f"10. Revision lint ({count} revisions)")
     figures = measure_interleaved(
         runs,
         {

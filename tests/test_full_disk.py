@@ -229,9 +229,18 @@ def line_after_fault(
 # --- commands that only read --------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+STATUS_COMMANDS = ("anibridge status", "anibridge status --json")
+UNCHANGED_ANSWERS = [
+    (fault, command)
+    for fault in sorted(FAULTS)
+    for command in sorted(READING_COMMANDS)
+    if not (fault == "read-only folder" and command in STATUS_COMMANDS)
+]
+"""Status on a read-only folder gives the upgrade's refusal instead (the test after this one)."""
+
+
 @pytest.mark.parametrize("state", sorted(STATES))
-@pytest.mark.parametrize("command", sorted(READING_COMMANDS))
+@pytest.mark.parametrize(("fault", "command"), UNCHANGED_ANSWERS)
 def test_reading_commands_answer_as_they_did_before_the_fault(
     small_disk: Path, fault: str, state: str, command: str
 ) -> None:
@@ -243,6 +252,32 @@ def test_reading_commands_answer_as_they_did_before_the_fault(
 
     assert answers(argv, environ) == healthy
 
+    assert_nothing_changed(small_disk, before)
+
+
+@pytest.mark.parametrize("state", sorted(STATES))
+def test_status_in_a_read_only_folder_gives_the_upgrade_s_refusal_and_the_rest_as_before(
+    small_disk: Path, state: str
+) -> None:
+    environ = prepared(small_disk, state)
+    status = READING_COMMANDS["anibridge status --json"]
+    healthy = json.loads(answers(status, environ)[1])
+    remount_read_only(small_disk)
+    before = contents(small_disk)
+
+    code, stdout = answers(status, environ)
+    refusal = failure_line(
+        run_command(MIGRATE_COMMANDS["anibridge migrate"][0], environ), ANIBRIDGE_ERROR
+    )
+
+    report = json.loads(stdout)
+    assert (code, report.pop("state"), f"{ANIBRIDGE_ERROR} {report.pop('message')}") == (
+        0,
+        "refused",
+        refusal,
+    )
+    assert "mount it read-write" in refusal
+    assert report == {key: value for key, value in healthy.items() if key in report}
     assert_nothing_changed(small_disk, before)
 
 
@@ -486,9 +521,18 @@ def test_plan_without_room_for_its_copy_is_one_line_naming_the_space(
     assert re.search(r"\(\d+ KiB free, [\d.]+ (KiB|MiB) needed\)", line), line
 
 
-def test_plan_on_a_read_only_folder_is_one_line(small_disk: Path) -> None:
-    line = line_after_fault(
-        small_disk, "unversioned", "read-only folder", ([*ANIBRIDGE, "plan"], ANIBRIDGE_ERROR)
+def test_plan_on_a_read_only_folder_gives_the_upgrade_s_refusal(small_disk: Path) -> None:
+    environ = prepared(small_disk, "unversioned")
+    remount_read_only(small_disk)
+    before = contents(small_disk)
+
+    code, stdout = answers([*ANIBRIDGE, "plan"], environ)
+    refusal = failure_line(
+        run_command(MIGRATE_COMMANDS["anibridge migrate"][0], environ), ANIBRIDGE_ERROR
     )
 
-    assert "cannot make a scratch folder" in line and "make DATA_DIR writable" in line
+    assert code == 1 and "mount it read-write" in refusal
+    assert stdout.splitlines()[0] == refusal.replace(
+        ANIBRIDGE_ERROR, "An upgrade would be refused:"
+    )
+    assert_nothing_changed(small_disk, before)

@@ -49,9 +49,15 @@ HAZARDS = {
         "    message: str | None = Field(default=None, index=True)\n",
         "index_not_concurrent job.ix_job_message",
         safe_upgrade="""\
-    with op.get_context().autocommit_block():
+    from app.migration.patterns import outside_transaction
+
+    with outside_transaction() as concurrently:
         op.create_index(
-            "ix_job_message", "job", ["message"], postgresql_concurrently=True, if_not_exists=True
+            "ix_job_message",
+            "job",
+            ["message"],
+            postgresql_concurrently=concurrently,
+            if_not_exists=True,
         )
 """,
     ),
@@ -60,22 +66,16 @@ HAZARDS = {
         '    message: str = ""\n',
         "set_not_null job.message",
         safe_upgrade="""\
-    with op.get_context().autocommit_block():
-        op.execute("UPDATE job SET message = '' WHERE message IS NULL")
-    on_postgresql = op.get_context().dialect.name == "postgresql"
-    if on_postgresql:
-        with op.get_context().autocommit_block():
-            op.execute("ALTER TABLE job DROP CONSTRAINT IF EXISTS ck_job_message_not_null")
-            op.create_check_constraint(
-                op.f("ck_job_message_not_null"),
-                "job",
-                "message IS NOT NULL",
-                postgresql_not_valid=True,
-            )
-            op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")
-    with op.batch_alter_table("job", schema=None) as batch_op:
-        batch_op.alter_column("message", existing_type=sa.VARCHAR(), nullable=False)
-    if on_postgresql:
+    from app.migration.patterns import fill_in_batches, outside_transaction
+
+    fill_in_batches("job", set_="message = ''", where="message IS NULL")
+    op.execute("ALTER TABLE job DROP CONSTRAINT IF EXISTS ck_job_message_not_null")
+    op.create_check_constraint(
+        op.f("ck_job_message_not_null"), "job", "message IS NOT NULL", postgresql_not_valid=True
+    )
+    with outside_transaction():
+        op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")
+        op.alter_column("job", "message", existing_type=sa.VARCHAR(), nullable=False)
         op.drop_constraint(op.f("ck_job_message_not_null"), "job", type_="check")
 """,
     ),
@@ -84,16 +84,18 @@ HAZARDS = {
         '    job_id: str | None = Field(default=None, index=True, foreign_key="job.id")\n',
         "validated_constraint clienttask.fk_clienttask_job_id_job",
         safe_upgrade="""\
-    with op.get_context().autocommit_block():
-        op.execute("ALTER TABLE clienttask DROP CONSTRAINT IF EXISTS fk_clienttask_job_id_job")
-        op.create_foreign_key(
-            "fk_clienttask_job_id_job",
-            "clienttask",
-            "job",
-            ["job_id"],
-            ["id"],
-            postgresql_not_valid=True,
-        )
+    from app.migration.patterns import outside_transaction
+
+    op.execute("ALTER TABLE clienttask DROP CONSTRAINT IF EXISTS fk_clienttask_job_id_job")
+    op.create_foreign_key(
+        "fk_clienttask_job_id_job",
+        "clienttask",
+        "job",
+        ["job_id"],
+        ["id"],
+        postgresql_not_valid=True,
+    )
+    with outside_transaction():
         op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_clienttask_job_id_job")
 """,
     ),
@@ -102,13 +104,15 @@ HAZARDS = {
         "    message: str | None = Field(default=None, unique=True)\n",
         "validated_constraint job.uq_job_message",
         safe_upgrade="""\
-    with op.get_context().autocommit_block():
+    from app.migration.patterns import outside_transaction
+
+    with outside_transaction() as concurrently:
         op.create_index(
             "uq_job_message",
             "job",
             ["message"],
             unique=True,
-            postgresql_concurrently=True,
+            postgresql_concurrently=concurrently,
             if_not_exists=True,
         )
     op.execute("ALTER TABLE job ADD CONSTRAINT uq_job_message UNIQUE USING INDEX uq_job_message")

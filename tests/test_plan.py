@@ -10,17 +10,20 @@ scratch copy of the project, as the fault tests do.
 
 import hashlib
 import json
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from app.migration.journal import HISTORY_TABLE
@@ -53,7 +56,6 @@ PLAN_KEYS = {
     "adopts",
     "refusal",
     "steps",
-    "not_rehearsed",
     "backup",
 }
 STEP_KEYS = {"kind", "revision", "message", "seconds", "schema", "statements", "rebuilt"}
@@ -78,9 +80,34 @@ DATA_CHANGE = InjectedRevision(
     )
 """,
 )
+FILL_BATCH = 2
+FILL = InjectedRevision(
+    "f111a0000001",
+    HEAD,
+    "Add job.priority and fill it for failed jobs, in batches",
+    f"""\
+    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True))
+    failed = op.get_bind().execute(
+        sa.text("SELECT count(*) FROM job WHERE status = 'failed'")
+    ).scalar_one()
+    for _ in range(-(-failed // {FILL_BATCH})):
+        op.execute(
+            "UPDATE job SET priority = 1 WHERE id IN (SELECT id FROM job "
+            "WHERE status = 'failed' AND priority IS NULL LIMIT {FILL_BATCH})"
+        )
+""",
+)
+FILL_STATEMENT = "UPDATE job SET priority = 1 WHERE id IN"
+DEFAULTED = InjectedRevision(
+    "defa00000001",
+    HEAD,
+    "Add job.attempts, 0 for every job",
+    '    op.add_column("job", sa.Column("attempts", sa.Integer(), nullable=False, '
+    'server_default="0"))\n',
+)
 OUTSIDE_TRANSACTION = InjectedRevision(
     "c0cc00000001",
-    HEAD,
+    FILL.revision,
     "Index job.status concurrently",
     """\
     with op.get_context().autocommit_block():
@@ -105,15 +132,45 @@ def run(project: Path, env: dict[str, str], *arguments: str) -> subprocess.Compl
     )
 
 
+PLAN_JSON = ("-m", "app.main", "plan", "--json")
+
+
 def plan(project: Path, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    result = run(project, env, "-m", "app.main", "plan", "--json")
+    result = run(project, env, *PLAN_JSON)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode in (0, 1, 2), result.stderr
+    assert_scratch_copy_gone(env, result.stderr)
     return result.returncode, json.loads(result.stdout)
 
 
 def plan_text(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return run(project, env, "-m", "app.main", "plan")
+    result = run(project, env, "-m", "app.main", "plan")
+    assert_scratch_copy_gone(env, result.stderr)
+    return result
+
+
+SCRATCH_NAMED = re.compile(r"a scratch (database|schema) (anibridge_plan_[0-9a-f]+)")
+
+
+def assert_scratch_copy_gone(env: dict[str, str], stderr: str) -> None:
+    """The scratch database or schema the plan named on stderr (PostgreSQL) exists no more.
+
+    The plan names it as soon as it is made: no name, no copy.
+    """
+    named = SCRATCH_NAMED.search(stderr)
+    if named is None:
+        return
+    kind, name = named.groups()
+    catalogue = {"database": "pg_database WHERE datname", "schema": "pg_namespace WHERE nspname"}
+    engine = engine_for(make_url(env["DATABASE_URL"]))
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(
+                sa.text(f"SELECT count(*) FROM {catalogue[kind]} = :name"), {"name": name}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert found == 0, f"the plan left its scratch {kind} {name}"
 
 
 def upgrade(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -170,6 +227,21 @@ def rows_by_key(url: URL, table: str, key: str, columns: list[str]) -> dict[Any,
         engine.dispose()
 
 
+def rows_with_a_value_in(url: URL, table: str, columns: list[str]) -> int:
+    """Rows of `table` with a value (not NULL) in any of `columns`: what a fill wrote."""
+    if not columns:
+        return 0
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            condition = " OR ".join(f'"{column}" IS NOT NULL' for column in columns)
+            return connection.execute(
+                sa.text(f'SELECT count(*) FROM "{table}" WHERE {condition}')
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def file_state(path: Path) -> tuple[str, int, int]:
     """Bytes (as a digest), mode and mtime: what a plan must leave as they were."""
     stat = path.stat()
@@ -214,7 +286,12 @@ def postgres_state(url: URL) -> dict[str, Any]:
                 "objects": [tuple(row) for row in objects],
                 "rows": {table: tuple(value) for table, value in digests.items()},
                 "sequences": [tuple(row) for row in sequences],
-                "schemas": [row[0] for row in namespaces if not row[0].startswith("pg_temp")],
+                # A session's temporary schemas stay once made: slots, not objects.
+                "schemas": [
+                    row[0]
+                    for row in namespaces
+                    if not row[0].startswith(("pg_temp", "pg_toast_temp"))
+                ],
             }
     finally:
         engine.dispose()
@@ -342,8 +419,6 @@ def test_plan_of_a_release_file_is_what_the_upgrade_does_and_changes_nothing(
     assert adopted["kind"] == "adopt"
     if release != "v2.1.0.db":
         assert "episodeavailability" in adopted["rebuilt"]
-    for change in adopted["tables"]:
-        assert change["rows_changed"] == 0, change
 
     counts_before = row_counts(sqlite_database(data_dir))
     result = upgrade(REPO, env)
@@ -353,6 +428,12 @@ def test_plan_of_a_release_file_is_what_the_upgrade_does_and_changes_nothing(
         assert counts_after.get(table) == rows, table
     for change in adopted["tables"]:
         assert change["rows_before"] == counts_before[change["table"]]
+        assert change["rows_changed"] == rows_with_a_value_in(
+            sqlite_database(data_dir), change["table"], change["columns_added"]
+        ), change
+    if release == "v1.16.1.db":
+        changed = {change["table"]: change["rows_changed"] for change in adopted["tables"]}
+        assert changed["job"] == counts_before["job"] > 0
     assert applied_revisions(sqlite_database(data_dir)) == planned["pending"]
 
 
@@ -538,9 +619,11 @@ def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path,
     project = project_with(DATA_CHANGE)
     _, planned = plan(project, upgrade_environment(project, engine_url, data_dir))
     assert set(planned) == PLAN_KEYS
-    assert planned["format"] == 1
+    assert planned["format"] == 2
     for step in planned["steps"]:
         assert set(step) == STEP_KEYS
+        for statement in step["statements"]:
+            assert set(statement) == {"sql", "count", "seconds"}
         for change in step["tables"]:
             assert set(change) == TABLE_KEYS
         for lock in step["locks"]:
@@ -556,8 +639,7 @@ def test_postgres_plan_lists_the_locks_and_says_so_first(
     project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
     result = plan_text(project, env)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("Rehearsing the upgrade on the live PostgreSQL database")
-    assert "lock_timeout" in result.stderr.splitlines()[0]
+    assert result.stderr.startswith("Copying one snapshot of the live database into a scratch ")
     _, planned = plan(project, env)
     locks = {(lock["table"], lock["mode"]) for lock in planned["steps"][0]["locks"]}
     assert ("job", "ROW EXCLUSIVE") in locks
@@ -578,14 +660,61 @@ def test_postgres_unversioned_database_is_adopted_in_the_plan_as_in_the_upgrade(
     assert [revision for _, revision in history(postgres_url)] == [BASELINE, HEAD]
 
 
-def test_revision_outside_a_transaction_is_not_rehearsed_and_nothing_changes(
-    postgres_url: URL, data_dir: Path, project_with
+def test_fill_is_counted_and_its_batches_are_shown_once(
+    engine_url: URL, data_dir: Path, project_with
 ) -> None:
-    project, env = at_head_with(postgres_url, data_dir, project_with(OUTSIDE_TRANSACTION))
-    code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
-    assert code == 2 and planned["outcome"] == "upgrade"
-    assert planned["not_rehearsed"] == [OUTSIDE_TRANSACTION.revision]
-    assert planned["pending"] == [OUTSIDE_TRANSACTION.revision]
+    project, env = at_head_with(engine_url, data_dir, project_with(FILL))
+
+    code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
+
+    assert code == 2 and planned["pending"] == [FILL.revision]
+    (step,) = planned["steps"]
+    (job,) = [change for change in step["tables"] if change["table"] == "job"]
+    assert job["columns_added"] == ["priority"]
+    fills = [s for s in step["statements"] if s["sql"].startswith(FILL_STATEMENT)]
+    assert len(fills) == 1 and fills[0]["count"] >= 2 and fills[0]["seconds"] >= 0
+    text = plan_text(project, env).stdout
+    assert text.count(FILL_STATEMENT) == 1
+    assert f"{fills[0]['count']}x {FILL_STATEMENT}" in text
+
+    result = upgrade(project, env)
+    assert result.returncode == 0, result.stderr
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["priority"]) > 0
+    assert fills[0]["count"] == -(-job["rows_changed"] // FILL_BATCH)
+
+
+def test_column_added_with_a_default_counts_every_row(
+    engine_url: URL, data_dir: Path, project_with
+) -> None:
+    """Only ALTER TABLE named the table: counted from the added column, no row comparison."""
+    project, env = at_head_with(engine_url, data_dir, project_with(DEFAULTED))
+    code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
+    assert code == 2
+    (job,) = [change for change in planned["steps"][0]["tables"] if change["table"] == "job"]
+    assert job["columns_added"] == ["attempts"] and not job["rebuilt"]
+    result = upgrade(project, env)
+    assert result.returncode == 0, result.stderr
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["attempts"]) > 0
+    assert job["rows_changed"] == row_counts(engine_url)["job"]
+
+
+def test_revision_before_an_autocommit_block_is_planned_as_the_upgrade_runs_it(
+    engine_url: URL, data_dir: Path, project_with
+) -> None:
+    project, env = at_head_with(engine_url, data_dir, project_with(FILL, OUTSIDE_TRANSACTION))
+
+    code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
+
+    assert code == 2 and planned["outcome"] == "upgrade", planned["summary"]
+    assert planned["pending"] == [FILL.revision, OUTSIDE_TRANSACTION.revision]
+    assert [step["revision"] for step in planned["steps"]] == planned["pending"]
+    result = upgrade(project, env)
+    assert result.returncode == 0, result.stderr
+    assert applied_revisions(engine_url)[-2:] == planned["pending"]
+    for table, rows in last_rows_after(planned).items():
+        assert row_counts(engine_url)[table] == rows, table
+    (job,) = [change for change in planned["steps"][0]["tables"] if change["table"] == "job"]
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["priority"])
 
 
 def test_service_can_keep_writing_while_sqlite_is_planned(data_dir: Path) -> None:
@@ -628,30 +757,52 @@ def test_invalid_index_cleanup_is_not_run_by_the_plan(
     assert planned["pending"] == [DATA_CHANGE.revision]
 
 
-def test_a_retried_attempt_is_planned_once(postgres_url: URL, data_dir: Path, project_with):
-    """A lock_timeout rolls the attempt back and the run starts again: the plan shows one run."""
+@pytest.mark.timeout(120)
+def test_service_transaction_on_the_live_database_does_not_hold_the_plan(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    """The upgrade's ACCESS EXCLUSIVE is taken on the copy: a service writing job is no obstacle.
+
+    Rehearsed on the live database, the plan's ALTER TABLE waited for this
+    transaction until lock_timeout, and was tried again.
+    """
     project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
-    _, quiet = plan(project, env)
+    engine = engine_for(postgres_url)
+    with engine.connect() as service:
+        service.execute(sa.text("UPDATE job SET progress = progress"))
+        code, planned = plan(project, {**env, "DB_MIGRATION_TABLE_LOCK_TIMEOUT": "1"})
+        service.rollback()
+    engine.dispose()
+    assert code == 2 and planned["pending"] == [DATA_CHANGE.revision]
+
+
+@pytest.mark.timeout(120)
+def test_table_locked_on_the_live_database_stops_the_copy_in_one_line(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    """DDL holding job: the snapshot waits lock_timeout for it, then says so; no copy is left."""
+    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
     engine = engine_for(postgres_url)
     with engine.connect() as holder:
-        holder.execute(sa.text("LOCK TABLE job IN ACCESS SHARE MODE"))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.main", "plan", "--json"],
-            cwd=project,
-            env={**env, "DB_MIGRATION_TABLE_LOCK_TIMEOUT": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(6)
+        holder.execute(sa.text("LOCK TABLE job IN ACCESS EXCLUSIVE MODE"))
+        result = plan_text(project, {**env, "DB_MIGRATION_TABLE_LOCK_TIMEOUT": "1"})
         holder.rollback()
     engine.dispose()
-    output, errors = process.communicate(timeout=120)
-    assert process.returncode == 2, errors
-    assert "retry 1/" in errors
-    contended = json.loads(output)
-    assert [step["revision"] for step in contended["steps"]] == [DATA_CHANGE.revision]
-    assert contended["steps"][0]["tables"] == quiet["steps"][0]["tables"]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    notice, line = result.stderr.splitlines()
+    assert SCRATCH_NAMED.search(notice)
+    assert line.startswith("anibridge: error: could not copy the database for the plan: ")
+
+
+def test_unknown_postgres_database_is_named_as_status_names_it(
+    postgres_url: URL, data_dir: Path
+) -> None:
+    env = upgrade_environment(REPO, postgres_url.set(database="anibridge_no_such"), data_dir)
+    planned = plan_text(REPO, env)
+    status = run(REPO, env, "-m", "app.main", "status")
+    assert planned.returncode == 1 and planned.stdout == "", planned.stderr
+    assert planned.stderr == status.stderr
+    assert planned.stderr.startswith("anibridge: error: cannot use the database ")
 
 
 def test_postgres_refused_schema_gets_the_upgrades_own_sentence(
@@ -667,3 +818,196 @@ def test_postgres_refused_schema_gets_the_upgrades_own_sentence(
     code, planned = plan_changing_nothing(REPO, env, postgres_url, data_dir)
     assert code == 1 and planned["outcome"] == "refused"
     assert planned["refusal"] == upgrade_error(upgrade(REPO, env))
+
+
+def test_role_that_may_not_create_databases_plans_in_a_scratch_schema(
+    postgres_url: URL, data_dir: Path, project_with
+) -> None:
+    project, env = at_head_with(postgres_url, data_dir, project_with(FILL))
+    _, as_owner = plan(project, env)
+    role = f"anibridge_plan_role_{uuid.uuid4().hex[:8]}"
+    run_sql(
+        postgres_url,
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC",
+        f"CREATE ROLE {role} LOGIN NOCREATEDB",
+        f'GRANT CREATE ON DATABASE "{postgres_url.database}" TO {role}',
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+        f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    )
+    limited = upgrade_environment(project, postgres_url.set(username=role), data_dir)
+    try:
+        unchanged = unchanged_check(postgres_url, data_dir)
+        no_usage = run(project, limited, "-m", "app.main", "plan")
+        run_sql(postgres_url, f"GRANT USAGE ON SCHEMA public TO {role}")
+        result = run(project, limited, *PLAN_JSON)
+        unchanged()
+    finally:
+        run_sql(postgres_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+    assert no_usage.returncode == 1, no_usage.stdout
+    assert no_usage.stderr.splitlines()[-1] == (
+        f"anibridge: error: user {role} may use no schema on its search_path in the database "
+        f"{postgres_url.database}; grant it USAGE on the application's schema"
+    )
+    assert_scratch_copy_gone(env, no_usage.stderr)
+    assert "a scratch schema anibridge_plan_" in result.stderr, result.stderr
+    assert_scratch_copy_gone(env, result.stderr)
+    assert result.returncode == 2, result.stderr
+    planned = json.loads(result.stdout)
+    assert planned["pending"] == as_owner["pending"]
+    assert [step["tables"] for step in planned["steps"]] == [
+        step["tables"] for step in as_owner["steps"]
+    ]
+
+
+SLEEPING = InjectedRevision(
+    "5eeb00000001", FILL.revision, "Take a while", '    op.execute("SELECT pg_sleep(60)")\n'
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopped_plan_drops_its_copy_and_says_so(
+    postgres_url: URL, data_dir: Path, project_with, stop: signal.Signals
+) -> None:
+    project, env = at_head_with(postgres_url, data_dir, project_with(FILL, SLEEPING))
+    unchanged = unchanged_check(postgres_url, data_dir)
+    process = subprocess.Popen(
+        [sys.executable, *PLAN_JSON],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    notice = process.stderr.readline()
+    wait_until_sleeping(postgres_url)
+    process.send_signal(stop)
+    output, errors = process.communicate(timeout=60)
+    assert process.returncode == 1 and output == "", errors
+    assert errors == "anibridge: error: the plan was interrupted; its scratch copy was dropped\n"
+    assert_scratch_copy_gone(env, notice)
+    unchanged()
+
+
+def wait_until_sleeping(url: URL, timeout_s: float = 60) -> None:
+    """Until a session on the server runs the SLEEPING revision's statement."""
+    engine = engine_for(url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        with engine.connect() as connection:
+            while time.monotonic() < deadline:
+                found = connection.execute(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE query = :sleeping"),
+                    {"sleeping": "SELECT pg_sleep(60)"},
+                ).scalar_one()
+                connection.rollback()
+                if found:
+                    return
+                time.sleep(0.1)
+    finally:
+        engine.dispose()
+    raise AssertionError("the plan's upgrade never reached the sleeping revision")
+
+
+SCHEMA_FINGERPRINT = {
+    "columns": "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), "
+    "pg_get_expr(d.adbin, d.adrelid), a.attnotnull, a.attidentity, a.attgenerated "
+    "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+    "LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum "
+    "WHERE c.relnamespace = current_schema()::regnamespace AND a.attnum > 0 "
+    "AND NOT a.attisdropped ORDER BY 1, 2",
+    "constraints": "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE connamespace = current_schema()::regnamespace ORDER BY 1",
+    "indexes": "SELECT indexname, indexdef FROM pg_indexes "
+    "WHERE schemaname = current_schema() ORDER BY 1",
+    "views": "SELECT viewname, definition FROM pg_views "
+    "WHERE schemaname = current_schema() ORDER BY 1",
+    "sequences": "SELECT sequencename, data_type::text, start_value, increment_by, last_value "
+    "FROM pg_sequences WHERE schemaname = current_schema() ORDER BY 1",
+    "owned": "SELECT s.relname, t.relname, d.refobjsubid FROM pg_depend d "
+    "JOIN pg_class s ON s.oid = d.objid JOIN pg_class t ON t.oid = d.refobjid "
+    "WHERE s.relkind = 'S' AND d.deptype IN ('a', 'i') ORDER BY 1",
+    "types": "SELECT t.typname, e.enumlabel FROM pg_type t JOIN pg_enum e "
+    "ON e.enumtypid = t.oid ORDER BY 1, e.enumsortorder",
+}
+
+
+def schema_fingerprint(url: URL) -> dict[str, Any]:
+    """What the scratch copy must have as the live database has it, rows as digests."""
+    engine = engine_for(url)
+    try:
+        with engine.connect() as connection:
+            found = {
+                name: [tuple(row) for row in connection.execute(sa.text(query))]
+                for name, query in SCHEMA_FINGERPRINT.items()
+            }
+            tables = sa.inspect(connection).get_table_names()
+            found["rows"] = {
+                table: tuple(
+                    connection.execute(
+                        sa.text(
+                            f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY "
+                            f"t::text), '')) FROM \"{table}\" t"
+                        )
+                    ).one()
+                )
+                for table in tables
+            }
+            schema = connection.execute(sa.text("SELECT current_schema()")).scalar_one()
+    finally:
+        engine.dispose()
+    unqualified = f" ON {schema}."
+    found["indexes"] = [
+        (name, definition.replace(unqualified, " ON ")) for name, definition in found["indexes"]
+    ]
+    return found
+
+
+def test_scratch_copy_has_every_object_row_and_sequence_value_of_the_live_database(
+    postgres_url: URL, data_dir: Path
+) -> None:
+    from app.migration.scratch_copy import scratch_copy
+
+    at_revision(postgres_url, data_dir, "head")
+    run_sql(
+        postgres_url,
+        "CREATE TYPE mood AS ENUM ('calm', 'busy')",
+        "CREATE TABLE note (id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "job_id varchar REFERENCES job (id) ON DELETE CASCADE, mood mood NOT NULL DEFAULT 'calm', "
+        'body text COLLATE "C" CHECK (length(body) < 100), '
+        "size integer GENERATED ALWAYS AS (length(body)) STORED)",
+        "INSERT INTO note (job_id, body) SELECT id, status FROM job WHERE status = 'failed'",
+        "CREATE INDEX ix_note_busy ON note (lower(body)) WHERE mood = 'busy'",
+        "CREATE SEQUENCE ticket START 7 INCREMENT 3",
+        "SELECT nextval('ticket')",
+        "CREATE VIEW failed_jobs AS SELECT id, message FROM job WHERE status = 'failed'",
+    )
+    live = schema_fingerprint(postgres_url)
+    notices: list[str] = []
+    with scratch_copy(postgres_url, 5, notices.append) as copy:
+        assert schema_fingerprint(copy) == live
+        assert copy.database != postgres_url.database
+    assert_scratch_copy_gone(
+        {"DATABASE_URL": postgres_url.render_as_string(False)}, " ".join(notices)
+    )
+    assert schema_fingerprint(postgres_url) == live
+
+
+def test_a_step_of_many_batches_prints_at_most_a_screen() -> None:
+    """A fill of 1,000,000 rows in batches, whether its statements repeat or differ by key."""
+    from app.migration.plan import SHOWN_STATEMENTS, render_step
+    from app.migration.rehearsal import StatementRun, StepReport
+
+    repeated = StatementRun("UPDATE job SET priority = 0 WHERE priority IS NULL LIMIT 1000", 1000)
+    by_key = [StatementRun(f"UPDATE job SET priority = 0 WHERE id <= {n}", 1) for n in range(1000)]
+    for statements in ([repeated], by_key):
+        step = StepReport("upgrade", "f111a0000001", "Fill", 1.0, statements=statements)
+        lines = render_step(1, step)
+        assert len(lines) <= SHOWN_STATEMENTS + 3 <= 24, lines
+    assert render_step(1, StepReport("upgrade", "r", "m", 0.0, statements=[repeated]))[-1] == (
+        f"     1,000x {repeated.sql} (0.000 s)"
+    )
+    assert render_step(1, step)[-1] == (
+        f"     ... {1000 - SHOWN_STATEMENTS} more distinct statements, run "
+        f"{1000 - SHOWN_STATEMENTS} times: see --json"
+    )

@@ -344,3 +344,52 @@ def test_a_taken_name_of_the_set_is_skipped_and_left_alone(
 def test_no_database_to_set_aside_claims_no_name(tmp_path: Path) -> None:
     assert set_aside(tmp_path / "anibridge_jobs.db", FROZEN) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bare_name_is_a_file_in_data_dir_backups(database: Path, backup: Path) -> None:
+    """The command runs from the repository's root, where no such file is: DATA_DIR decides."""
+    result = anibridge(["restore", backup.name], command_environment(database.parent))
+
+    assert result.returncode == 0, result.stderr
+    assert_restored(database, backup)
+
+
+def test_a_bare_name_missing_from_data_dir_backups_is_named_there(
+    database: Path, backup: Path
+) -> None:
+    checksum = sha256_of(database)
+
+    result = anibridge(["restore", "nosuch.db"], command_environment(database.parent))
+
+    line = failure_line(result, "anibridge: error:")
+    assert str(database.parent / "backups" / "nosuch.db") in line
+    assert sha256_of(database) == checksum and set_asides(database) == []
+
+
+def test_the_restored_file_keeps_the_live_file_s_owner_and_mode(
+    database: Path, backup: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving the live file another owner needs root")
+    os.chown(database, 4242, 4343)
+    database.chmod(0o640)
+    assert backup.stat().st_mode & 0o777 != 0o640
+
+    restore_backup(backup, database, SCRIPT)
+
+    restored = database.stat()
+    assert (restored.st_uid, restored.st_gid, restored.st_mode & 0o777) == (4242, 4343, 0o640)
+
+
+def test_without_a_live_file_the_restored_file_has_the_mode_sqlite_gives_a_new_one(
+    tmp_path: Path, backup: Path
+) -> None:
+    made_by_sqlite = tmp_path / "made_by_sqlite.db"
+    sqlite3.connect(made_by_sqlite).close()
+    database = tmp_path / "restored" / "anibridge_jobs.db"
+    database.parent.mkdir()
+
+    restore_backup(backup, database, SCRIPT)
+
+    assert database.stat().st_mode == made_by_sqlite.stat().st_mode
+    assert backup.stat().st_mode != made_by_sqlite.stat().st_mode

@@ -15,6 +15,8 @@ from app.migration.authoring import squawk
 from app.migration.authoring.lint import lint_revisions, main
 from app.migration.revisions import script_directory
 
+AUTOCOMMIT_BLOCK = "    with op.get_context().autocommit_block():"
+OUTSIDE_TRANSACTION = "    with outside_transaction():"
 NOT_VALID_CHECK = (
     "    op.create_check_constraint(\n"
     '        "ck_job_message_not_null", "job", "message IS NOT NULL", postgresql_not_valid=True\n'
@@ -28,6 +30,8 @@ REVISION = '''"""A revision for the lint."""
 
 import sqlalchemy as sa
 from alembic import op
+
+from app.migration.patterns import fill_in_batches, outside_transaction
 
 revision = "aaaaaaaaaaaa"
 down_revision = None
@@ -96,6 +100,24 @@ FLAGGED = {
         f"{NOT_VALID_CHECK}\n"
         '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)',
         ["not_null job.message", "set_not_null job.message"],
+    ),
+    "foreign key NOT VALID, validated in the same transaction": (
+        "    op.create_foreign_key(\n"
+        '        "fk_task_job", "clienttask", "job", ["job_id"], ["id"], '
+        "postgresql_not_valid=True\n"
+        "    )\n"
+        '    op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_task_job")',
+        ["validate_in_transaction clienttask.fk_task_job"],
+    ),
+    "check NOT VALID, validated in the same transaction, then SET NOT NULL": (
+        f"{NOT_VALID_CHECK}\n"
+        '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
+        f"{AUTOCOMMIT_BLOCK}\n"
+        '        op.alter_column("job", "message", existing_type=sa.String(), nullable=False)',
+        [
+            "validate_in_transaction job.ck_job_message_not_null",
+            "not_rerunnable job.ck_job_message_not_null",
+        ],
     ),
     "check in SQL without NOT VALID": (
         "    op.execute(\n"
@@ -211,32 +233,37 @@ HARMLESS = {
         '        op.create_index("ix_job_message", "job", ["message"], '
         "postgresql_concurrently=True, if_not_exists=True)"
     ),
-    "check NOT VALID, VALIDATE, each committed on its own, then SET NOT NULL": (
-        "    with op.get_context().autocommit_block():\n"
-        "        op.execute(\"UPDATE job SET message = '' WHERE message IS NULL\")\n"
-        f"    {DROP_CHECK}\n"
-        f"    {NOT_VALID_CHECK.replace(chr(10), chr(10) + '    ')}\n"
-        f"    {VALIDATE_CHECK}\n"
-        '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)\n'
-        '    op.drop_constraint("ck_job_message_not_null", "job", type_="check")'
+    "concurrent index outside the transaction": (
+        "    with outside_transaction() as concurrently:\n"
+        '        op.create_index("ix_job_message", "job", ["message"], '
+        "postgresql_concurrently=concurrently, if_not_exists=True)"
     ),
-    "check NOT VALID in SQL, VALIDATE, each committed on its own, then SET NOT NULL": (
-        "    with op.get_context().autocommit_block():\n"
+    "fill, check NOT VALID, then VALIDATE and SET NOT NULL outside the transaction": (
+        '    fill_in_batches("job", set_="message = \'\'", where="message IS NULL")\n'
+        f"{DROP_CHECK}\n"
+        f"{NOT_VALID_CHECK}\n"
+        f"{OUTSIDE_TRANSACTION}\n"
+        f"    {VALIDATE_CHECK}\n"
+        '        op.alter_column("job", "message", existing_type=sa.String(), nullable=False)\n'
+        '        op.drop_constraint("ck_job_message_not_null", "job", type_="check")'
+    ),
+    "check NOT VALID in SQL, VALIDATE, then SET NOT NULL, all in an autocommit block": (
+        f"{AUTOCOMMIT_BLOCK}\n"
         f"    {DROP_CHECK}\n"
         "        op.execute(\n"
         "            'ALTER TABLE job ADD CONSTRAINT ck_job_message_not_null '\n"
         "            'CHECK (message IS NOT NULL) NOT VALID'\n"
         "        )\n"
         f"    {VALIDATE_CHECK}\n"
-        '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)'
+        '        op.alter_column("job", "message", existing_type=sa.String(), nullable=False)'
     ),
-    "foreign key NOT VALID, then VALIDATE, each committed on its own": (
-        "    with op.get_context().autocommit_block():\n"
-        '        op.execute("ALTER TABLE clienttask DROP CONSTRAINT IF EXISTS fk_task_job")\n'
-        "        op.create_foreign_key(\n"
-        '            "fk_task_job", "clienttask", "job", ["job_id"], ["id"], '
+    "foreign key NOT VALID, then VALIDATE outside the transaction": (
+        '    op.execute("ALTER TABLE clienttask DROP CONSTRAINT IF EXISTS fk_task_job")\n'
+        "    op.create_foreign_key(\n"
+        '        "fk_task_job", "clienttask", "job", ["job_id"], ["id"], '
         "postgresql_not_valid=True\n"
-        "        )\n"
+        "    )\n"
+        f"{OUTSIDE_TRANSACTION}\n"
         '        op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_task_job")'
     ),
     "check NOT VALID": (
@@ -245,10 +272,10 @@ HARMLESS = {
         "    )"
     ),
     "unique index built concurrently, then the constraint using it": (
-        "    with op.get_context().autocommit_block():\n"
+        "    with outside_transaction() as concurrently:\n"
         "        op.create_index(\n"
         '            "uq_job_message", "job", ["message"], unique=True, '
-        "postgresql_concurrently=True, if_not_exists=True\n"
+        "postgresql_concurrently=concurrently, if_not_exists=True\n"
         "        )\n"
         '    op.execute("ALTER TABLE job ADD CONSTRAINT uq_job_message '
         'UNIQUE USING INDEX uq_job_message")'
@@ -366,3 +393,20 @@ def test_without_squawk_the_lint_fails_in_one_line_naming_how_to_install_it(
         "lint: error: squawk not found: install the dev dependencies "
         "(pip install -c constraints.txt -e '.[dev]', which brings squawk-cli==2.70.0)"
     ]
+
+
+def test_a_not_null_column_added_without_a_default_is_never_offered_an_acknowledgement(
+    tmp_path: Path,
+) -> None:
+    """It fails on every table with rows, whatever the reason given."""
+    body = FLAGGED["NOT NULL column without a server default"][0]
+    acknowledged = 'acknowledged_data_loss = {"not_null job.seen_at": "job is small"}\n'
+
+    (unacknowledged,) = findings_of(tmp_path, body)
+    (refused,) = findings_of(tmp_path / "acknowledged", body, acknowledged)
+
+    assert "fill_in_batches" in unacknowledged.problem and "acknowledge" not in str(unacknowledged)
+    assert refused.key == "not_null job.seen_at"
+    assert refused.problem == (
+        f"cannot be acknowledged in acknowledged_data_loss: {unacknowledged.problem}"
+    )

@@ -41,10 +41,10 @@ from app.migration.manifest import (
     read_manifest,
 )
 from app.migration.sqlite_files import (
-    is_sqlite_file,
     lock_held_elsewhere,
     migration_lock_path,
     read_only_uri,
+    upgrade_refusal,
 )
 
 PLAIN_SQLITE_URL = rf"(?:{'|'.join(map(re.escape, SQLITE_DRIVERS))}):///([^?#%:@]+)"
@@ -146,19 +146,9 @@ def stamped_revisions(database: Path) -> list[str] | None:
 
 
 def database_passes_preflight(database: Path) -> bool:
-    """The checks `app.migration.connection.check_sqlite_file` makes, and the lock file's."""
-    folder = database.parent
+    """The upgrade's own checks pass (`upgrade_refusal`), on a file and lock file that exist."""
     lock = migration_lock_path(database)
-    try:
-        is_sqlite = is_sqlite_file(database)
-    except OSError:
-        return False
-    return (
-        is_sqlite
-        and os.access(folder, os.W_OK | os.X_OK)
-        and os.access(database, os.R_OK | os.W_OK)
-        and os.access(lock, os.R_OK | os.W_OK)
-    )
+    return database.is_file() and lock.is_file() and upgrade_refusal(database) is None
 
 
 def main() -> int:

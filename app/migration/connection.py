@@ -1,10 +1,12 @@
 """Open the migration connection, turning every way that fails into one clear line.
 
-Checked before SQLite is asked to touch anything: the folder is writable, the
-file is readable and writable (readable is enough for read-only commands) and
-really is a SQLite database. PostgreSQL is
-retried a bounded number of times (a database container may still be
-starting). No message repeats the URL's password.
+Checked before SQLite is asked to touch anything: the path is a file (or
+nothing yet), the folder is writable, the file is readable and writable
+(readable is enough for read-only commands) and really is a SQLite database.
+PostgreSQL is retried a bounded number of times while it is not reachable (a
+database container may still be starting); an error waiting cannot cure (no
+such database or role, a wrong password) fails at once. No message repeats the
+URL's password.
 """
 
 import dataclasses
@@ -36,38 +38,36 @@ from app.migration.errors import (
     describe_database_error,
     is_lock_timeout,
 )
-from app.migration.sqlite_files import is_sqlite_file
+from app.migration.sqlite_files import reading_refusal, upgrade_refusal
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 1.0
 EMPTY_SQLITE = URL.create("sqlite")
+REFUSED_FIX = (
+    "the server is up and refused it, so waiting will not help: check the database name, "
+    "user and password in DATABASE_URL (and that the role may connect)"
+)
 
 
 def check_sqlite_file(path: Path, *, writable: bool = True) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise DatabaseUnavailableError(f"the folder {folder} of the database does not exist")
-    if writable and not os.access(folder, os.W_OK | os.X_OK):
-        raise DatabaseUnavailableError(
-            f"the data folder {folder} is not writable by user {os.getuid()}; "
-            "fix its ownership (PUID/PGID) or mount it read-write"
-        )
-    if not path.exists():
-        return
-    access, needed = (
-        (os.R_OK | os.W_OK, "readable and writable") if writable else (os.R_OK, "readable")
-    )
-    if not os.access(path, access):
-        raise DatabaseUnavailableError(
-            f"the database {path} is not {needed} by user {os.getuid()}; "
-            "fix its ownership (PUID/PGID) or permissions"
-        )
-    if not is_sqlite_file(path, empty_ok=True):
-        raise DatabaseUnavailableError(
-            f"{path} is not a SQLite database; restore it from DATA_DIR/backups "
-            "or move it away to start afresh"
-        )
+    """Refuse, before SQLite touches anything, a file the run cannot use.
+
+    The checks are app.migration.sqlite_files's; a writing run also needs the
+    folder to exist (DATA_DIR is created before this).
+    """
+    if writable and not os.path.lexists(path.parent):
+        raise DatabaseUnavailableError(f"the folder {path.parent} of the database does not exist")
+    refusal = upgrade_refusal(path) if writable else reading_refusal(path)
+    if refusal is not None:
+        raise DatabaseUnavailableError(refusal)
+
+
+def upgrade_file_refusal(settings: Settings) -> str | None:
+    """What the upgrade refuses in a SQLite file before it writes (its own check), or None."""
+    if not settings.is_sqlite:
+        return None
+    return upgrade_refusal(Path(settings.database_url.database))
 
 
 @contextmanager
@@ -156,11 +156,11 @@ def connect_for_migrations(settings: Settings, *, read_only: bool = False) -> It
     not created.
     """
     url = settings.database_url
+    if url.get_backend_name() == "sqlite":
+        check_sqlite_file(Path(url.database), writable=not read_only)
     if url.get_backend_name() == "sqlite" and read_only and not Path(url.database).exists():
         engine = make_engine(EMPTY_SQLITE)
     else:
-        if url.get_backend_name() == "sqlite":
-            check_sqlite_file(Path(url.database), writable=not read_only)
         engine = make_engine(url, for_migrations=not read_only, read_only=read_only)
     # A SQLite migration connection is probed by the upgrade once it holds the
     # upgrade lock: another upgrade's long table rebuild must be waited for, not
@@ -211,6 +211,21 @@ def _read_something(connection: Connection) -> None:
         connection.rollback()
 
 
+def server_refused_connection(engine) -> bool:
+    """Whether PostgreSQL is up and refused the connection for a reason waiting cannot cure.
+
+    psycopg gives a failed connection no SQLSTATE (`sqlstate` is None), but
+    libpq's PQping tells the cases apart: OK means the server accepts
+    connections, so it refused this database, role or password (3D000, 28000,
+    28P01; also a full `max_connections`); REJECT (starting up, shutting down,
+    in recovery) and NO_RESPONSE are worth waiting for.
+    """
+    from psycopg import pq
+
+    libpq_uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return pq.PGconn.ping(libpq_uri.encode()) == pq.Ping.OK
+
+
 @contextmanager
 def _connect_with_retries(engine, url: URL, retries: int, probe_now: bool) -> Iterator[Connection]:
     safe_url = url.render_as_string(hide_password=True)
@@ -225,6 +240,10 @@ def _connect_with_retries(engine, url: URL, retries: int, probe_now: bool) -> It
             if url.get_backend_name() == "sqlite" or attempt == retries:
                 raise DatabaseUnavailableError(
                     f"cannot use the database {safe_url}: {reason}"
+                ) from None
+            if server_refused_connection(engine):
+                raise DatabaseUnavailableError(
+                    f"cannot use the database {safe_url}: {reason}; {REFUSED_FIX}"
                 ) from None
             log.warning(
                 "Database not reachable yet (attempt %d of %d): %s",

@@ -2,20 +2,21 @@
 
 The plan is the upgrade itself, rehearsed: `alembic upgrade head` through the
 same env.py, protections and revisions, watched by app.migration.rehearsal and
-stopped at its commit. Its outcome is therefore the upgrade's own decision,
-made by the same code: nothing to do, revisions to apply (after adopting a
-release database, if it is one), refused (in the upgrade's words), or newer
-than this code. Nothing is changed:
+run on a copy of the database that is thrown away afterwards. Its outcome is
+therefore the upgrade's own decision, made by the same code: nothing to do,
+revisions to apply (after adopting a release database, if it is one), refused
+(in the upgrade's words), failed, or newer than this code. The database itself
+is only read:
 
 * SQLite: the rehearsal runs on a consistent copy made by the backup's copy
   code, in a scratch folder beside the database that is removed afterwards;
   the copy holds a read lock only while it is taken, so the service keeps
   writing. The database file is only read. The plan also says what backup the
   upgrade would take first, and whether it fits.
-* PostgreSQL: the rehearsal runs on the live database, in a transaction that
-  is rolled back, under the upgrade's lock_timeout. The table locks it lists
-  are held on the live database while it runs, as the upgrade would hold them;
-  the command says so before it starts.
+* PostgreSQL: the rehearsal runs on a scratch copy made from one snapshot of
+  the live database (app.migration.scratch_copy), dropped afterwards. The
+  table locks it lists are those the upgrade took on the copy: a forecast of
+  what the real upgrade will hold on the live database.
 
 Exit codes follow Terraform's `plan -detailed-exitcode`: 0 nothing to do, 2 an
 upgrade would change something, 1 refused or the plan could not run.
@@ -44,7 +45,7 @@ from app.migration.backup import (
     space_for_copy,
     space_shortfall,
 )
-from app.migration.connection import connect_for_migrations
+from app.migration.connection import connect_for_migrations, upgrade_file_refusal
 from app.migration.errors import (
     BackupError,
     DatabaseNewerThanCodeError,
@@ -52,13 +53,23 @@ from app.migration.errors import (
     UnknownSchemaError,
 )
 from app.migration.guarded_run import backs_up
-from app.migration.rehearsal import Rehearsal, RehearsalBroken, RehearsalEnded, StepReport
-from app.migration.revisions import alembic_config, current_heads, plan_run, script_directory
+from app.migration.rehearsal import Rehearsal, RehearsalBroken, StatementRun, StepReport
+from app.migration.revisions import (
+    alembic_config,
+    current_heads,
+    plan_run,
+    script_directory,
+    single_head,
+    unknown_revisions,
+)
+from app.migration.scratch_copy import scratch_copy
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 EXIT_CODES = {"up_to_date": 0, "upgrade": 2, "refused": 1, "newer": 1, "failed": 1}
 SCRATCH_PREFIX = ".anibridge-plan-"
 SHOWN_STATEMENT_CHARS = 160
+SHOWN_STATEMENTS = 12
+"""Distinct statements the text form shows per step (--json has them all)."""
 
 
 class PlanError(MigrationError):
@@ -76,7 +87,6 @@ class Plan:
     pending: list[str] = field(default_factory=list)
     adopts: dict[str, Any] | None = None
     steps: list[StepReport] = field(default_factory=list)
-    not_rehearsed: list[str] = field(default_factory=list)
     backup: dict[str, Any] | None = None
     refusal: str | None = None
 
@@ -98,7 +108,6 @@ class Plan:
             "adopts": self.adopts,
             "refusal": self.refusal,
             "steps": [step.as_dict() for step in self.steps],
-            "not_rehearsed": self.not_rehearsed,
             "backup": self.backup,
         }
 
@@ -113,22 +122,32 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
     """
     settings = dataclasses.replace(settings, connect_retries=0)
     script = script_directory()
+    single_head(script)
     shown = settings.database_url.render_as_string(hide_password=True)
     if settings.is_sqlite:
         return plan_on_copy(settings, script, shown)
-    warning = (
-        "Rehearsing the upgrade on the live PostgreSQL database in a transaction that is "
-        "rolled back: the table locks listed are held while the rehearsal runs, each wait "
-        f"bounded by lock_timeout ({settings.table_lock_timeout} s)."
-    )
-    plan = rehearse(settings, script, shown, lambda: notice(warning))
+    require_reachable(settings)
+    try:
+        with scratch_copy(settings.database_url, settings.table_lock_timeout, notice) as copy:
+            plan = rehearse(dataclasses.replace(settings, database_url=copy), script, shown)
+    except KeyboardInterrupt:
+        raise PlanError("the plan was interrupted; its scratch copy was dropped") from None
     plan.summary = summary_of(plan)
     return plan
+
+
+def require_reachable(settings: Settings) -> None:
+    """A live database that does not answer is named in the words every command uses."""
+    with connect_for_migrations(settings, read_only=True):
+        pass
 
 
 def plan_on_copy(settings: Settings, script: ScriptDirectory, shown: str) -> Plan:
     """Rehearse on a scratch copy of the SQLite file, then add the backup the upgrade takes."""
     database = Path(settings.database_url.database)
+    refusal = upgrade_file_refusal(settings)
+    if refusal is not None:
+        return refused_before_writing(settings, script, shown, refusal)
     with scratch_folder(database) as folder:
         copy = folder / database.name
         if database.exists():
@@ -139,6 +158,23 @@ def plan_on_copy(settings: Settings, script: ScriptDirectory, shown: str) -> Pla
         plan = rehearse(scratch, script, shown)
     if plan.outcome == "upgrade" and settings.backup_keep > 0:
         add_backup_outlook(plan, database, settings.data_dir / "backups")
+    plan.summary = summary_of(plan)
+    return plan
+
+
+def refused_before_writing(
+    settings: Settings, script: ScriptDirectory, shown: str, refusal: str
+) -> Plan:
+    """The upgrade's own check refuses the file before it writes: nothing to rehearse.
+
+    A path no command can use (a directory, a FIFO...) fails here as one line.
+    """
+    with connect_for_migrations(settings, read_only=True) as connection:
+        current = current_heads(connection)
+    plan = Plan(database=shown, engine="sqlite", outcome="refused", refusal=refusal)
+    plan.current, plan.heads = list(current), list(script.get_heads())
+    if not unknown_revisions(script, current):
+        plan.pending = list(plan_run(script, current, "heads").revisions)
     plan.summary = summary_of(plan)
     return plan
 
@@ -183,46 +219,33 @@ def copy_for_plan(database: Path, copy: Path) -> None:
         ) from None
 
 
-def rehearse(
-    settings: Settings,
-    script: ScriptDirectory,
-    shown: str,
-    connected: Callable[[], None] = lambda: None,
-) -> Plan:
-    """Run the upgrade on `settings`' database, watched, and roll it back at its commit.
-
-    `connected` is called once the database answers, before the rehearsal starts.
-    """
+def rehearse(settings: Settings, script: ScriptDirectory, shown: str) -> Plan:
+    """Run the upgrade on `settings`' database (a scratch copy), watched."""
     heads = tuple(script.get_heads())
     plan = Plan(database=shown, engine=settings.database_url.get_backend_name())
     plan.heads = list(heads)
-    on_copy = plan.engine == "sqlite"
     with connect_for_migrations(settings) as connection:
         plan.current = list(current_heads(connection))
         connection.rollback()
-        connected()
-        if on_copy:
+        if plan.engine == "sqlite":
             discard_on_close(connection)
-        rehearsal = Rehearsal(connection, heads, refuse_commit=not on_copy)
+        rehearsal = Rehearsal(connection)
         config = alembic_config(connection, settings)
         config.attributes["skip_models"] = True
         config.attributes["step_listeners"] = (rehearsal,)
         rehearsal.watch()
         try:
             command.upgrade(config, "head")
-            finished, failure = True, None
-        except RehearsalEnded as ended:
-            finished, failure = ended.finished, None
+            failure = None
         except RehearsalBroken as broken:
             raise PlanError(f"the plan could not watch the upgrade: {broken}") from None
         except MigrationError as exc:
-            finished, failure = False, exc
+            failure = exc
         finally:
             rehearsal.stop_watching()
-            connection.connection.driver_connection.rollback()
         rehearsal.finish()
     plan.steps = rehearsal.steps
-    fill_outcome(plan, script, finished, failure)
+    fill_outcome(plan, script, failure)
     return plan
 
 
@@ -236,9 +259,7 @@ def discard_on_close(connection) -> None:
     connection.connection.driver_connection.execute("PRAGMA synchronous = OFF")
 
 
-def fill_outcome(
-    plan: Plan, script: ScriptDirectory, finished: bool, failure: MigrationError | None
-) -> None:
+def fill_outcome(plan: Plan, script: ScriptDirectory, failure: MigrationError | None) -> None:
     adoption = next((step for step in plan.steps if step.kind == "adopt"), None)
     if adoption is not None:
         plan.adopts = {
@@ -246,18 +267,14 @@ def fill_outcome(
             "schema": adoption.schema,
             "description": adoption.message,
         }
-    applied = [step.revision for step in plan.steps if step.kind == "upgrade"]
     if failure is not None:
         plan.outcome = outcome_of_failure(failure)
         plan.refusal = str(failure)
         if plan.outcome != "newer":
             plan.pending = list(plan_run(script, tuple(plan.current), "heads").revisions)
         return
-    start = (adoption.revision,) if adoption else tuple(plan.current)
-    expected = plan_run(script, start, "heads").revisions
-    plan.not_rehearsed = [] if finished else list(expected[len(applied) :])
-    plan.pending = [*applied, *plan.not_rehearsed]
-    plan.outcome = "upgrade" if plan.steps or plan.not_rehearsed else "up_to_date"
+    plan.pending = [step.revision for step in plan.steps if step.kind == "upgrade"]
+    plan.outcome = "upgrade" if plan.steps else "up_to_date"
 
 
 def outcome_of_failure(failure: MigrationError) -> str:
@@ -327,14 +344,6 @@ def render(plan: Plan) -> str:
     ]
     for number, step in enumerate(plan.steps, start=1):
         lines.extend(["", *render_step(number, step)])
-    if plan.not_rehearsed:
-        lines.extend(
-            [
-                "",
-                f"not rehearsed: {', '.join(plan.not_rehearsed)}: a revision runs statements "
-                "outside a transaction (an autocommit block), which a plan cannot roll back",
-            ]
-        )
     if plan.backup is not None:
         backup = plan.backup
         lines.extend(
@@ -373,8 +382,23 @@ def render_step(number: int, step: StepReport) -> list[str]:
     lines.extend(
         f"   lock: {lock.mode} on {lock.table}, held {lock.held_s:.3f} s" for lock in step.locks
     )
-    lines.append(f"   SQL ({count_of(step.statements, 'statement')}):")
-    lines.extend(f"     {shortened(statement)}" for statement in step.statements)
+    lines.extend(render_statements(step.statements))
+    return lines
+
+
+def render_statements(statements: list[StatementRun]) -> list[str]:
+    """Each distinct statement once, with how often it ran; at most SHOWN_STATEMENTS of them."""
+    total = sum(statement.count for statement in statements)
+    lines = [f"   SQL ({total:,} statements, {len(statements):,} distinct):"]
+    for statement in statements[:SHOWN_STATEMENTS]:
+        times = f"{statement.count:,}x " if statement.count > 1 else ""
+        lines.append(f"     {times}{shortened(statement.sql)} ({statement.seconds:.3f} s)")
+    hidden = statements[SHOWN_STATEMENTS:]
+    if hidden:
+        ran = sum(statement.count for statement in hidden)
+        lines.append(
+            f"     ... {len(hidden):,} more distinct statements, run {ran:,} times: see --json"
+        )
     return lines
 
 

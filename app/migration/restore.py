@@ -14,7 +14,9 @@ The replaced database is then set aside under a name with a timestamp,
 together with its `-wal` or `-journal` file: committed rows still in a WAL, or
 a killed writer's hot journal, stay with the copy they belong to. Each name
 of the set is claimed with O_EXCL before anything moves, so no existing file
-is ever overwritten. A database path that is a symlink is restored at its target.
+is ever overwritten. The restored file keeps the replaced one's owner and
+mode. A database path that is a symlink is restored at its target; one no
+command can use (a directory, a FIFO, a dangling symlink) is refused first.
 """
 
 import itertools
@@ -22,6 +24,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -36,7 +39,7 @@ from app.migration.backup import fsync_file, utc_stamp
 from app.migration.errors import BackupError, UnknownSchemaError, describe_os_error
 from app.migration.locking import exclusive_database_use
 from app.migration.revisions import current_heads, unknown_revisions
-from app.migration.sqlite_files import is_sqlite_file, read_only_uri
+from app.migration.sqlite_files import bad_path_refusal, is_sqlite_file, read_only_uri
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +49,15 @@ DISCARDED_COMPANIONS = ("-shm",)
 """Rebuilt by SQLite from the -wal file; never part of the content."""
 STAGED_SUFFIX = ".restoring"
 ASIDE_INFIX = ".before-restore-"
+SQLITE_NEW_FILE_MODE = 0o644
+"""SQLite's default mode for a database file it creates, before the umask."""
 
 
 def restore_backup(backup: Path, database: Path, script: ScriptDirectory) -> Path | None:
     """Put `backup` in place of `database`; return where the replaced database went (if any)."""
+    refusal = bad_path_refusal(database)
+    if refusal is not None:
+        raise BackupError(f"{refusal}; nothing was restored")
     target = database.resolve()
     refuse_live_source(backup, target)
     verify_backup(backup, script)
@@ -65,16 +73,39 @@ def restore_backup(backup: Path, database: Path, script: ScriptDirectory) -> Pat
 
 
 def stage_copy(backup: Path, target: Path) -> Path:
-    """Copy `backup` beside `target` under a temporary name, flushed; a failed copy is removed."""
+    """Copy `backup` beside `target` under a temporary name, flushed; a failed copy is removed.
+
+    The copy takes the live file's owner and mode (the backup's are the
+    backups folder's business), or without a live file the mode SQLite gives a
+    database it creates.
+    """
     staged = target.with_name(f"{target.name}{STAGED_SUFFIX}")
     try:
+        live = target.stat() if target.exists() else None
         shutil.copyfile(backup, staged)
-        os.chmod(staged, 0o600)
+        take_owner_and_mode(staged, live)
         fsync_file(staged)
     except OSError as exc:
         discard(staged)
         raise unchanged_error(f"copy {backup} to {staged}", exc, target.parent) from None
     return staged
+
+
+def take_owner_and_mode(staged: Path, live: os.stat_result | None) -> None:
+    if live is None:
+        os.chmod(staged, SQLITE_NEW_FILE_MODE & ~current_umask())
+        return
+    os.chmod(staged, stat.S_IMODE(live.st_mode))
+    made = staged.stat()
+    if (made.st_uid, made.st_gid) != (live.st_uid, live.st_gid):
+        os.chown(staged, live.st_uid, live.st_gid)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it, as the standard library offers no getter)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def unchanged_error(action: str, exc: OSError, folder: Path) -> BackupError:

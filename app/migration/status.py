@@ -32,7 +32,7 @@ from app.config import Settings
 from app.migration.adoption.adopt import has_unversioned_app_tables, recognise_unversioned_database
 from app.migration.adoption.schema_shape import describe_difference, flatten
 from app.migration.backup import list_backups, read_backup_name
-from app.migration.connection import connect_for_migrations
+from app.migration.connection import connect_for_migrations, upgrade_file_refusal
 from app.migration.errors import UnknownSchemaError
 from app.migration.journal import (
     COMPARE_OPTIONS,
@@ -47,6 +47,7 @@ from app.migration.revisions import (
     newer_database_refusal,
     plan_run,
     script_directory,
+    single_head,
     unknown_revisions,
 )
 
@@ -78,6 +79,7 @@ def database_status(settings: Settings, target_metadata: MetaData | None = None)
     """
     settings = dataclasses.replace(settings, connect_retries=0)
     script = script_directory()
+    single_head(script)
     with connect_for_migrations(settings, read_only=True) as connection:
         running = upgrade_running(connection, settings.database_url)
         current = current_heads(connection)
@@ -93,7 +95,8 @@ def database_status(settings: Settings, target_metadata: MetaData | None = None)
             history=[row.as_dict() for row in history],
             edited=edited_revisions(script, current, history),
         )
-        fill_state(status, script, connection, current, target_metadata)
+        refusal = upgrade_file_refusal(settings)
+        fill_state(status, script, connection, settings, target_metadata, refusal)
     return status
 
 
@@ -101,22 +104,29 @@ def fill_state(
     status: DatabaseStatus,
     script: ScriptDirectory,
     connection: Connection,
-    current,
+    settings: Settings,
     target_metadata: MetaData | None,
+    file_refusal: str | None,
 ) -> None:
-    """The verdict the upgrade would reach, decided by the code the upgrade runs."""
-    refusal = newer_database_refusal(script, connection, current)
-    if refusal is not None:
-        status.state, status.message = "newer", refusal
-        return
-    status.pending = list(plan_run(script, current, "heads").revisions)
-    if has_unversioned_app_tables(connection, current):
+    """The verdict the upgrade would reach, decided by the code the upgrade runs.
+
+    `file_refusal` is the upgrade's first check, made before it reads a revision.
+    """
+    current = tuple(status.current)
+    newer = newer_database_refusal(script, connection, current, settings)
+    if newer is None:
+        status.pending = list(plan_run(script, current, "heads").revisions)
+    if file_refusal is not None:
+        status.state, status.message = "refused", file_refusal
+    elif newer is not None:
+        status.state, status.message = "newer", newer
+    elif has_unversioned_app_tables(connection, current):
         status.state, status.message = adoption_verdict(connection, script)
     elif not current:
         status.state = "empty"
     else:
         status.state = "pending" if status.pending else "at_head"
-    if status.state == "at_head" and target_metadata is not None:
+    if current and newer is None and not status.pending and target_metadata is not None:
         status.drift = schema_drift(connection, target_metadata)
 
 

@@ -19,19 +19,24 @@ Data loss, acknowledged in `acknowledged_data_loss`:
   value (shorter string, smaller integer, another kind of type, or a change
   whose old type the revision does not state);
 * `not_null <table>.<column>`: a NOT NULL column added without a server
-  default, or a column made NOT NULL with no server default and no data step
-  (`op.execute`) before it in the revision: it fails on a table with rows, or
-  needs a fill.
+  default to a table that may hold rows (it fails on every such table, so no
+  acknowledgement is accepted for it: add it nullable, fill it, make it NOT
+  NULL in a later revision, or give it a server default), or a column made
+  NOT NULL with no server default and no data step (`op.execute`) before it in
+  the revision.
 
 PostgreSQL lock hazards on a table the revision did not create itself,
 acknowledged in `acknowledged_lock_hazards`:
 
 * `index_not_concurrent <table>.<index>`: an index built without CONCURRENTLY,
-  or with it outside `op.get_context().autocommit_block()`;
+  or with it outside an autocommit block (`outside_transaction()` of
+  app.migration.patterns);
 * `set_not_null <table>.<column>`: SET NOT NULL without a validated
   `CHECK (<column> IS NOT NULL)` added NOT VALID earlier in the revision
   (`op.create_check_constraint(..., postgresql_not_valid=True)` or that
-  `ALTER TABLE` in `op.execute`, then `VALIDATE CONSTRAINT` in `op.execute`);
+  `ALTER TABLE` in `op.execute`, then `VALIDATE CONSTRAINT` in `op.execute`;
+  validating it in the transaction that added it is lock_rules.py's
+  `validate_in_transaction`);
 * `validated_constraint <table>.<constraint>`: a foreign key or check added
   without NOT VALID, or a unique or primary key constraint added directly;
 * `rewriting_type <table>.<column>`: a type change PostgreSQL does by rewriting
@@ -105,6 +110,20 @@ STRING_TYPES = {"VARCHAR", "TEXT"}
 UNBOUNDED_WITHOUT_REWRITE = {(old, new) for old in STRING_TYPES for new in STRING_TYPES} | {
     ("NUMERIC", "NUMERIC")
 }
+CONCURRENT_INDEX = (
+    "write it inside `with outside_transaction() as concurrently:` (app.migration.patterns) "
+    "as op.create_index(..., postgresql_concurrently=concurrently, if_not_exists=True)"
+)
+VALIDATE_LATER = (
+    "add it with postgresql_not_valid=True, then run op.execute('ALTER TABLE ... VALIDATE "
+    "CONSTRAINT ...') inside `with outside_transaction():` (app.migration.patterns), where it "
+    "blocks neither reads nor writes"
+)
+NOT_NULL_COLUMN_ADDED = (
+    "adds a NOT NULL column without a server default, which fails on every table with rows; "
+    "add it nullable, fill it (fill_in_batches), then set NOT NULL in a later revision, or "
+    'give it a server default (docs/migrations.md, "A new NOT NULL column")'
+)
 EXPAND_CONTRACT = (
     "the previous release, still serving during a rolling upgrade, may read it: expand now, "
     "contract in a later release"
@@ -118,6 +137,7 @@ class Flag:
     kind: str
     subject: str
     problem: str
+    acknowledgeable: bool = True
 
     @property
     def key(self) -> str:
@@ -151,8 +171,8 @@ class RecordingImpl(DefaultImpl):
         self.rendering_raw_sql = False
         self.rendering_type_kept_in_place = False
 
-    def flag(self, kind: str, subject: str, problem: str) -> None:
-        self.flags.append(Flag(kind, subject, problem))
+    def flag(self, kind: str, subject: str, problem: str, acknowledgeable: bool = True) -> None:
+        self.flags.append(Flag(kind, subject, problem, acknowledgeable))
 
     def existed_before(self, table_name: str) -> bool:
         """Whether the table may hold rows: the revision did not create it itself."""
@@ -190,12 +210,13 @@ class RecordingImpl(DefaultImpl):
 
     def add_column(self, table_name: str, column: sa.Column, **kw: Any) -> None:
         super().add_column(table_name, column, **kw)
-        if not column.nullable and column.server_default is None and not column.primary_key:
+        no_default = column.server_default is None and not column.primary_key
+        if not column.nullable and no_default and self.existed_before(table_name):
             self.flag(
                 "not_null",
                 f"{table_name}.{column.name}",
-                "adds a NOT NULL column without a server default: fails on a table "
-                "with rows (add it nullable, fill it, then make it NOT NULL)",
+                NOT_NULL_COLUMN_ADDED,
+                acknowledgeable=False,
             )
 
     def alter_column(self, table_name: str, column_name: str, **kw: Any) -> None:
@@ -236,9 +257,9 @@ class RecordingImpl(DefaultImpl):
                 where,
                 "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock; first "
                 f"add CHECK ({column_name} IS NOT NULL) with op.create_check_constraint(..., "
-                "postgresql_not_valid=True), then op.execute('ALTER TABLE ... VALIDATE "
-                "CONSTRAINT ...'), then SET NOT NULL (it then skips the scan), then drop "
-                "the check",
+                "postgresql_not_valid=True), then, inside `with outside_transaction():` "
+                "(app.migration.patterns), op.execute('ALTER TABLE ... VALIDATE CONSTRAINT "
+                "...'), SET NOT NULL (it then skips the scan) and drop the check",
             )
         if kw.get("name") is not None:
             self.flag(
@@ -275,15 +296,13 @@ class RecordingImpl(DefaultImpl):
                 "index_not_concurrent",
                 where,
                 "builds the index without CONCURRENTLY, blocking every write to the table "
-                "until it is done; write it inside `with op.get_context().autocommit_block():` "
-                "as op.create_index(..., postgresql_concurrently=True, if_not_exists=True)",
+                f"until it is done; {CONCURRENT_INDEX}",
             )
         elif not self.in_autocommit_block:
             self.flag(
                 "index_not_concurrent",
                 where,
-                "CREATE INDEX CONCURRENTLY cannot run inside a transaction; put it inside "
-                "`with op.get_context().autocommit_block():`",
+                f"CREATE INDEX CONCURRENTLY cannot run inside a transaction; {CONCURRENT_INDEX}",
             )
 
     def add_constraint(self, const: Any, **kw: Any) -> None:
@@ -299,17 +318,15 @@ class RecordingImpl(DefaultImpl):
                 "validated_constraint",
                 where,
                 "builds the constraint's index under an ACCESS EXCLUSIVE lock, which blocks "
-                "reads and writes; build a unique index concurrently (autocommit block, "
-                "postgresql_concurrently=True), then op.execute('ALTER TABLE ... ADD "
-                "CONSTRAINT ... USING INDEX ...')",
+                f"reads and writes; build a unique index concurrently ({CONCURRENT_INDEX}), "
+                "then op.execute('ALTER TABLE ... ADD CONSTRAINT ... USING INDEX ...')",
             )
         elif not const.dialect_options["postgresql"]["not_valid"]:
             self.flag(
                 "validated_constraint",
                 where,
                 "checks every existing row while holding a lock that blocks writes (a check "
-                "blocks reads too); add it with postgresql_not_valid=True, then "
-                "op.execute('ALTER TABLE ... VALIDATE CONSTRAINT ...'), which blocks neither",
+                f"blocks reads too); {VALIDATE_LATER}",
             )
 
     def remember_not_null_check(self, table_name: str, check: sa.CheckConstraint) -> None:
@@ -475,9 +492,13 @@ def lint_revision(script: Script) -> list[Finding]:
     flags = flagged_operations(recording)
     for flag in flags:
         where = acknowledged_in(flag.kind)
-        reason = str(getattr(script.module, where, {}).get(flag.key, "")).strip()
+        acknowledged = getattr(script.module, where, {})
+        reason = str(acknowledged.get(flag.key, "")).strip()
         naming = ", naming the release that stopped reading it" if flag.kind in CONTRACTS else ""
-        if not reason:
+        if not flag.acknowledgeable:
+            refused = f"cannot be acknowledged in {where}: " if flag.key in acknowledged else ""
+            found(flag.key, f"{refused}{flag.problem}")
+        elif not reason:
             found(flag.key, f"{flag.problem}; if intended, acknowledge it in {where}{naming}")
         elif naming and not RELEASE.search(reason):
             found(
@@ -548,8 +569,8 @@ def report_new_revision(path: Path, report: Callable[[str], None]) -> int:
         report(f"lint: {finding}")
     if findings:
         report(
-            f"lint: {len(findings)} finding(s) in {path.name}: change the revision or "
-            "acknowledge them (docs/migrations.md); the test suite fails until then"
+            f"lint: {len(findings)} finding(s) in {path.name}: change the revision, or "
+            "acknowledge those that say so (docs/migrations.md); the test suite fails until then"
         )
     return 0
 

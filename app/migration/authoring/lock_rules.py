@@ -36,9 +36,7 @@ from app.migration.authoring.statements import (
 )
 
 Hazard = tuple[str, str, str]
-OWN_TRANSACTION = (
-    "`with op.get_context().autocommit_block():` (or app.migration.patterns.outside_transaction())"
-)
+OWN_TRANSACTION = "`with outside_transaction():` (app.migration.patterns)"
 ADDED_NOT_VALID = re.compile(r'^ADD\s+CONSTRAINT\s+"?(\w+)"?.*\bNOT\s+VALID\b', re.I | re.S)
 VALIDATED = re.compile(r'^VALIDATE\s+CONSTRAINT\s+"?(\w+)"?', re.I)
 DROPPED_IF_EXISTS = re.compile(r"\bDROP\b.*\bIF\s+EXISTS\b", re.I | re.S)

@@ -55,8 +55,8 @@ DROPPED = {
     "ban-uncommitted-transaction": "the BEGIN/COMMIT lines around the SQL are the lint's own",
 }
 SAFE_PATTERN = {
-    "index_not_concurrent": "build it with postgresql_concurrently=True, if_not_exists=True "
-    "inside `with op.get_context().autocommit_block():`",
+    "index_not_concurrent": "build it inside `with outside_transaction() as concurrently:` "
+    "(app.migration.patterns) with postgresql_concurrently=concurrently, if_not_exists=True",
     "set_not_null": "add CHECK (<column> IS NOT NULL) NOT VALID, VALIDATE it in its own "
     "transaction, then SET NOT NULL",
     "not_null": "add it nullable, fill it in batches, then make it NOT NULL",
