@@ -135,22 +135,25 @@ def sqlite_url(data_dir: Path) -> URL:
 
 
 @pytest.fixture(scope="module")
-def head_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh database upgraded to head."""
+def head_shape(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TableShape]:
+    """The schema of a fresh database upgraded to head."""
     data_dir = tmp_path_factory.mktemp("fresh")
     upgrade_database(settings_for(sqlite_url(data_dir), data_dir))
-    return data_dir / "anibridge_jobs.db"
+    return sqlite_schema(data_dir / "anibridge_jobs.db")
 
 
 @pytest.fixture(scope="module")
-def head_shape(head_database: Path) -> dict[str, TableShape]:
-    return sqlite_schema(head_database)
+def head_definitions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """How an adopted release file's tables and indexes are defined at head.
 
-
-@pytest.fixture(scope="module")
-def head_definitions(head_database: Path) -> dict[str, str]:
-    """What an adopted release file's tables and indexes must be defined as: as at head."""
-    return table_definitions(head_database)
+    As a multi-site file's, adopted and upgraded: the release's own definitions
+    (not the baseline's, which names its primary keys), as the revisions after
+    the baseline changed them.
+    """
+    data_dir = tmp_path_factory.mktemp("multi-site")
+    create_legacy_sqlite(data_dir / "anibridge_jobs.db", MULTI_SITE, rows=1)
+    upgrade_database(settings_for(sqlite_url(data_dir), data_dir))
+    return table_definitions(data_dir / "anibridge_jobs.db")
 
 
 @dataclass(frozen=True)
