@@ -20,8 +20,9 @@ from sqlalchemy.engine import URL
 
 from app.migration.authoring.lint import lint_revisions
 from app.migration.revisions import current_heads
+from tests.chain import copy_project
 from tests.conftest import settings_for
-from tests.faults import JOB_COLUMNS, copy_project, seed_job_rows
+from tests.faults import JOB_COLUMNS, seed_job_rows
 from tests.test_patterns import DocsChain, plain_connection, project_config, real_head, scalar
 
 pytestmark = pytest.mark.timeout(240)

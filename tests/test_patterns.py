@@ -29,15 +29,9 @@ import app.migration.patterns
 from app.config import Settings
 from app.migration.errors import MigrationError
 from app.migration.revisions import current_heads, script_directory
+from tests.chain import InjectedRevision, copy_project, plant_revisions
 from tests.conftest import settings_for
-from tests.faults import (
-    JOB_COLUMNS,
-    InjectedRevision,
-    copy_project,
-    inject_revisions,
-    seed_job_rows,
-    upgrade_environment,
-)
+from tests.faults import JOB_COLUMNS, seed_job_rows, upgrade_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRIORITY = "CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END"
@@ -301,14 +295,12 @@ def test_documented_revisions_upgrade_a_database_with_rows(
 FILL_RANK_REVISIONS = (
     InjectedRevision(
         "f111ed000001",
-        "",
         "Give jobs a unique rank",
         '    op.add_column("job", sa.Column("rank", sa.Integer(), nullable=True))\n'
         '    op.create_index("uq_job_rank", "job", ["rank"], unique=True)',
     ),
     InjectedRevision(
         "f111ed000002",
-        "f111ed000001",
         "Fill the rank from the progress",
         "    from app.migration.patterns import fill_in_batches\n\n"
         "    fill_in_batches(\n"
@@ -331,11 +323,7 @@ def test_a_fill_that_failed_part_way_continues_on_the_next_run(
     logging its progress."""
     settings = settings_for(database_url, tmp_path / "data")
     project = copy_project(tmp_path / "project")
-    column, fill = FILL_RANK_REVISIONS
-    inject_revisions(
-        project,
-        [InjectedRevision(column.revision, real_head(), column.message, column.upgrade), fill],
-    )
+    plant_revisions(project, FILL_RANK_REVISIONS)
     config = project_config(project, settings)
     command.upgrade(config, real_head())
     insert_jobs(database_url, 1000)
@@ -416,7 +404,7 @@ def test_a_table_without_a_single_column_primary_key_needs_a_key(
         "    from app.migration.patterns import fill_in_batches\n\n"
         '    fill_in_batches("episodeavailability", set_="height = 0", where="height IS NULL")'
     )
-    inject_revisions(project, [InjectedRevision("f111ed000003", real_head(), "Fill", upgrade)])
+    plant_revisions(project, [InjectedRevision("f111ed000003", "Fill", upgrade)])
 
     with pytest.raises(MigrationError) as refusal:
         command.upgrade(project_config(project, settings), "head")

@@ -27,14 +27,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from app.migration.journal import HISTORY_TABLE
-from tests.faults import (
-    BASELINE,
-    HEAD,
-    InjectedRevision,
-    copy_project,
-    inject_revisions,
-    upgrade_environment,
-)
+from tests.chain import BASELINE, CHAIN, HEAD, InjectedRevision, after, project_with
+from tests.faults import upgrade_environment
 from tests.legacy_data import add_to_release_file, release_file
 
 RELEASES = ("v1.16.1.db", "v2.1.0.db", "v1.16.1-then-v2.1.0.db")
@@ -66,7 +60,6 @@ UNKNOWN_REVISION = "ffffffffffff"
 
 DATA_CHANGE = InjectedRevision(
     "da7a00000001",
-    HEAD,
     "Flag failed jobs, drop queued tasks, add a column, record a mapping",
     """\
     op.execute("UPDATE job SET message = 'retry later' WHERE status = 'failed'")
@@ -83,7 +76,6 @@ DATA_CHANGE = InjectedRevision(
 FILL_BATCH = 2
 FILL = InjectedRevision(
     "f111a0000001",
-    HEAD,
     "Add job.priority and fill it for failed jobs, in batches",
     f"""\
     op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True))
@@ -100,14 +92,12 @@ FILL = InjectedRevision(
 FILL_STATEMENT = "UPDATE job SET priority = 1 WHERE id IN"
 DEFAULTED = InjectedRevision(
     "defa00000001",
-    HEAD,
     "Add job.attempts, 0 for every job",
     '    op.add_column("job", sa.Column("attempts", sa.Integer(), nullable=False, '
     'server_default="0"))\n',
 )
 OUTSIDE_TRANSACTION = InjectedRevision(
     "c0cc00000001",
-    FILL.revision,
     "Index job.status concurrently",
     """\
     with op.get_context().autocommit_block():
@@ -342,16 +332,6 @@ def copy_release(name: str, data_dir: Path) -> Path:
     return target
 
 
-@pytest.fixture
-def project_with(tmp_path: Path):
-    def make(*revisions: InjectedRevision) -> Path:
-        project = copy_project(tmp_path / "project")
-        inject_revisions(project, revisions)
-        return project
-
-    return make
-
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -413,7 +393,7 @@ def test_plan_of_a_release_file_is_what_the_upgrade_does_and_changes_nothing(
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["adopts"]["schema"] == RELEASE_SCHEMAS[release]
     assert planned["adopts"]["revision"] == BASELINE
-    assert planned["pending"] == [HEAD]
+    assert planned["pending"] == after(BASELINE)
     assert planned["backup"]["bytes"] == database.stat().st_size
     adopted = planned["steps"][0]
     assert adopted["kind"] == "adopt"
@@ -482,7 +462,7 @@ def test_missing_database_plans_the_schema_and_creates_nothing(tmp_path: Path) -
     code, planned = plan(REPO, env)
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["summary"].startswith("An upgrade would create the schema")
-    assert planned["pending"] == [BASELINE, HEAD]
+    assert planned["pending"] == list(CHAIN)
     assert planned["backup"] is None
     assert not data_dir.exists()
 
@@ -586,9 +566,9 @@ def test_newer_database_is_refused_in_the_upgrades_words(engine_url: URL, data_d
 
 
 def test_pending_revision_that_changes_data_is_counted_exactly(
-    engine_url: URL, data_dir: Path, project_with
+    engine_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
-    project, env = at_head_with(engine_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(engine_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     columns = ["status", "message", "progress", "updated_at"]
     jobs_before = rows_by_key(engine_url, "job", "id", columns)
 
@@ -614,9 +594,9 @@ def test_pending_revision_that_changes_data_is_counted_exactly(
     assert applied_revisions(engine_url)[-1] == DATA_CHANGE.revision
 
 
-def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path, project_with):
+def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path, tmp_path: Path):
     at_revision(engine_url, data_dir, "head")
-    project = project_with(DATA_CHANGE)
+    project = project_with(tmp_path, [DATA_CHANGE])
     _, planned = plan(project, upgrade_environment(project, engine_url, data_dir))
     assert set(planned) == PLAN_KEYS
     assert planned["format"] == 2
@@ -634,9 +614,9 @@ def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path,
 
 
 def test_postgres_plan_lists_the_locks_and_says_so_first(
-    postgres_url: URL, data_dir: Path, project_with
+    postgres_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
-    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     result = plan_text(project, env)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("Copying one snapshot of the live database into a scratch ")
@@ -657,13 +637,13 @@ def test_postgres_unversioned_database_is_adopted_in_the_plan_as_in_the_upgrade(
     assert code == 2 and planned["adopts"]["revision"] == BASELINE
     result = upgrade(REPO, env)
     assert result.returncode == 0, result.stderr
-    assert [revision for _, revision in history(postgres_url)] == [BASELINE, HEAD]
+    assert [revision for _, revision in history(postgres_url)] == list(CHAIN)
 
 
 def test_fill_is_counted_and_its_batches_are_shown_once(
-    engine_url: URL, data_dir: Path, project_with
+    engine_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
-    project, env = at_head_with(engine_url, data_dir, project_with(FILL))
+    project, env = at_head_with(engine_url, data_dir, project_with(tmp_path, [FILL]))
 
     code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
 
@@ -684,10 +664,10 @@ def test_fill_is_counted_and_its_batches_are_shown_once(
 
 
 def test_column_added_with_a_default_counts_every_row(
-    engine_url: URL, data_dir: Path, project_with
+    engine_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
     """Only ALTER TABLE named the table: counted from the added column, no row comparison."""
-    project, env = at_head_with(engine_url, data_dir, project_with(DEFAULTED))
+    project, env = at_head_with(engine_url, data_dir, project_with(tmp_path, [DEFAULTED]))
     code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
     assert code == 2
     (job,) = [change for change in planned["steps"][0]["tables"] if change["table"] == "job"]
@@ -699,9 +679,11 @@ def test_column_added_with_a_default_counts_every_row(
 
 
 def test_revision_before_an_autocommit_block_is_planned_as_the_upgrade_runs_it(
-    engine_url: URL, data_dir: Path, project_with
+    engine_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
-    project, env = at_head_with(engine_url, data_dir, project_with(FILL, OUTSIDE_TRANSACTION))
+    project, env = at_head_with(
+        engine_url, data_dir, project_with(tmp_path, [FILL, OUTSIDE_TRANSACTION])
+    )
 
     code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
 
@@ -744,10 +726,10 @@ def test_service_can_keep_writing_while_sqlite_is_planned(data_dir: Path) -> Non
 
 
 def test_invalid_index_cleanup_is_not_run_by_the_plan(
-    postgres_url: URL, data_dir: Path, project_with
+    postgres_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
     """The upgrade drops an index a failed concurrent build left, outside a transaction."""
-    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     engine = engine_for(postgres_url).execution_options(isolation_level="AUTOCOMMIT")
     with engine.connect() as connection, pytest.raises(sa.exc.IntegrityError):
         connection.execute(sa.text("CREATE UNIQUE INDEX CONCURRENTLY ix_broken ON job (status)"))
@@ -759,14 +741,14 @@ def test_invalid_index_cleanup_is_not_run_by_the_plan(
 
 @pytest.mark.timeout(120)
 def test_service_transaction_on_the_live_database_does_not_hold_the_plan(
-    postgres_url: URL, data_dir: Path, project_with
+    postgres_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
     """The upgrade's ACCESS EXCLUSIVE is taken on the copy: a service writing job is no obstacle.
 
     Rehearsed on the live database, the plan's ALTER TABLE waited for this
     transaction until lock_timeout, and was tried again.
     """
-    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     engine = engine_for(postgres_url)
     with engine.connect() as service:
         service.execute(sa.text("UPDATE job SET progress = progress"))
@@ -778,10 +760,10 @@ def test_service_transaction_on_the_live_database_does_not_hold_the_plan(
 
 @pytest.mark.timeout(120)
 def test_table_locked_on_the_live_database_stops_the_copy_in_one_line(
-    postgres_url: URL, data_dir: Path, project_with
+    postgres_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
     """DDL holding job: the snapshot waits lock_timeout for it, then says so; no copy is left."""
-    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     engine = engine_for(postgres_url)
     with engine.connect() as holder:
         holder.execute(sa.text("LOCK TABLE job IN ACCESS EXCLUSIVE MODE"))
@@ -821,9 +803,9 @@ def test_postgres_refused_schema_gets_the_upgrades_own_sentence(
 
 
 def test_role_that_may_not_create_databases_plans_in_a_scratch_schema(
-    postgres_url: URL, data_dir: Path, project_with
+    postgres_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
-    project, env = at_head_with(postgres_url, data_dir, project_with(FILL))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [FILL]))
     _, as_owner = plan(project, env)
     role = f"anibridge_plan_role_{uuid.uuid4().hex[:8]}"
     run_sql(
@@ -860,16 +842,16 @@ def test_role_that_may_not_create_databases_plans_in_a_scratch_schema(
 
 
 SLEEPING = InjectedRevision(
-    "5eeb00000001", FILL.revision, "Take a while", '    op.execute("SELECT pg_sleep(60)")\n'
+    "5eeb00000001", "Take a while", '    op.execute("SELECT pg_sleep(60)")\n'
 )
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stopped_plan_drops_its_copy_and_says_so(
-    postgres_url: URL, data_dir: Path, project_with, stop: signal.Signals
+    postgres_url: URL, data_dir: Path, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    project, env = at_head_with(postgres_url, data_dir, project_with(FILL, SLEEPING))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [FILL, SLEEPING]))
     unchanged = unchanged_check(postgres_url, data_dir)
     process = subprocess.Popen(
         [sys.executable, *PLAN_JSON],
