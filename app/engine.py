@@ -130,7 +130,13 @@ def begin_immediate(connection: Connection) -> None:
 
     When another process holds the write lock, log that (and who has the file
     open) before waiting for it up to SQLite's busy timeout.
+
+    Not in Alembic's autocommit block (the AUTOCOMMIT isolation level): there
+    each statement commits on its own, as on PostgreSQL, so a batched fill
+    leaves the write lock free between its batches (app.migration.patterns).
     """
+    if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return
     driver = connection.connection.driver_connection
     driver.execute("PRAGMA busy_timeout = 0")
     try:

@@ -8,7 +8,6 @@ showing a traceback; `anibridge` and `python -m app.migrate` exit 1.
 import errno
 import os
 import sqlite3
-import traceback
 from pathlib import Path
 
 from alembic.util import CommandError
@@ -153,20 +152,11 @@ def is_lock_timeout(exc: DBAPIError | sqlite3.Error) -> bool:
     return getattr(driver_error(exc), "sqlstate", None) == "55P03"
 
 
-def raised_in_autocommit_block(exc: Exception) -> bool:
-    """Whether Alembic's `autocommit_block` refused to leave a transaction it did not begin.
-
-    Alembic only asserts there, so the frame the assertion came from tells.
-    """
-    if not isinstance(exc, AssertionError):
-        return False
-    return traceback.extract_tb(exc.__traceback__)[-1].name == "autocommit_block"
-
-
 AUTOCOMMIT_IN_CALLER_TRANSACTION = (
-    "a revision runs statements outside a transaction (autocommit_block), which Alembic cannot "
-    "do inside the transaction the caller handed in; hand the connection in outside a "
-    "transaction (the caller's transaction was not committed)"
+    "a revision calls op.get_context().autocommit_block(), which cannot commit the transaction "
+    "the caller handed in; write the block as `with outside_transaction():` "
+    "(app.migration.patterns), which runs it in that transaction there (the caller's "
+    "transaction was not committed)"
 )
 
 

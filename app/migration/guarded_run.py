@@ -13,8 +13,9 @@ template (configure, begin a transaction, run), with each protection a call:
    (app.migration.connection.migration_settings: one transaction with `BEGIN
    IMMEDIATE`, foreign keys off, its own settings back afterwards);
 2. Alembic's `begin_transaction`: everything below is one transaction, on
-   SQLite too (a caller's open transaction is joined as it is), except what a
-   revision runs in Alembic's `autocommit_block` (docs/migrations.md);
+   SQLite too (a caller's open transaction is joined as it is, and noted for
+   the revisions' `outside_transaction()`, app.migration.patterns), except what
+   a revision runs in Alembic's `autocommit_block` (docs/migrations.md);
 3. `refuse_newer_database`: a revision this code does not know stops the run;
 4. `adopt_and_back_up`: adoption of an unversioned database when the run goes
    up and, on SQLite, a backup before the first change (a downgrade, which may
@@ -62,17 +63,16 @@ from app.migration.adoption.adopt import (
 from app.migration.backup import backup_database, prune_backups
 from app.migration.connection import connect_for_migrations, migration_settings, probe
 from app.migration.errors import (
-    AUTOCOMMIT_IN_CALLER_TRANSACTION,
     MigrationError,
     TableLockTimeoutError,
     describe_database_error,
     is_lock_timeout,
-    raised_in_autocommit_block,
     statement_summary,
 )
 from app.migration.invalid_indexes import drop_invalid_indexes
 from app.migration.journal import HistoryRecorder
 from app.migration.locking import postgres_upgrade_lock, sqlite_upgrade_lock
+from app.migration.patterns import caller_transaction_noted, refuse_autocommit_blocks
 from app.migration.progress import Adoption, RevisionHeartbeat, StepClock
 from app.migration.revisions import (
     RunPlan,
@@ -122,6 +122,7 @@ class GuardedRun:
     def __init__(self, env: EnvironmentContext, connection: Connection, settings: Settings):
         self.env, self.connection, self.settings = env, connection, settings
         self.in_caller_transaction = connection.in_transaction()
+        """The one place this is decided: before Alembic begins the run's transaction."""
         self.attempt = Attempt()
         self.plan = RunPlan((), "none", ())
         self.revision_log = RevisionLog()
@@ -147,13 +148,17 @@ class GuardedRun:
     def drop_invalid_indexes(self) -> None:
         """PostgreSQL: before revisions run, drop what failed concurrent index builds left."""
         if self.plan.revisions and self.connection.dialect.name == "postgresql":
-            drop_invalid_indexes(
-                self.env.get_context(), in_caller_transaction=self.in_caller_transaction
-            )
+            drop_invalid_indexes(self.env.get_context())
 
     @contextmanager
     def revisions_running(self) -> Iterator[None]:
-        """Views and triggers set aside (SQLite), a heartbeat, and early commits noted."""
+        """Views and triggers set aside (SQLite), a heartbeat, and early commits noted.
+
+        Inside a caller's transaction a revision's raw `autocommit_block()` is
+        refused with the fix named (app.migration.patterns).
+        """
+        if self.in_caller_transaction:
+            refuse_autocommit_blocks(self.env.get_context())
         set_aside = nullcontext()
         if self.plan.revisions:
             set_aside = views_and_triggers_set_aside(self.connection)
@@ -187,7 +192,11 @@ def protections(
     (env.py); once that has committed, the run is logged and old backups pruned.
     """
     run = GuardedRun(env, connection, settings)
-    with failures_explained(env, connection, run.attempt), upgrade_lock(connection, settings):
+    with (
+        failures_explained(env, connection, run.attempt),
+        caller_transaction_noted(env.config, run.in_caller_transaction),
+        upgrade_lock(connection, settings),
+    ):
         if connection.dialect.name == "sqlite":
             probe(connection)
         with migration_settings(connection):
@@ -233,8 +242,6 @@ def failures_explained(
             raise TableLockTimeoutError(message, statement_summary(exc.statement)) from None
         raise MigrationError(message) from None
     except Exception as exc:
-        if raised_in_autocommit_block(exc):
-            raise MigrationError(AUTOCOMMIT_IN_CALLER_TRANSACTION) from None
         log.debug("The migration failed", exc_info=True)
         raise MigrationError(
             f"the migration failed{what_was_undone(attempt)}: {type(exc).__name__}: {exc}; fix "

@@ -14,6 +14,8 @@ import logging
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 
+from app.migration.patterns import leaving_transaction
+
 log = logging.getLogger(__name__)
 
 INVALID_INDEXES = text(
@@ -36,11 +38,11 @@ def invalid_indexes(connection: Connection) -> list[str]:
     return list(connection.execute(INVALID_INDEXES).scalars())
 
 
-def drop_invalid_indexes(context: MigrationContext, *, in_caller_transaction: bool) -> None:
+def drop_invalid_indexes(context: MigrationContext) -> None:
     """Drop them, concurrently in an autocommit block; in a caller's transaction, in it.
 
     DROP INDEX CONCURRENTLY cannot run inside a transaction block, and only a
-    run that began its own transaction can step out of it.
+    run that began its own transaction can step out of it (app.migration.patterns).
     """
     names = invalid_indexes(context.connection)
     if not names:
@@ -50,10 +52,7 @@ def drop_invalid_indexes(context: MigrationContext, *, in_caller_transaction: bo
         "the pending revisions build it again",
         ", ".join(names),
     )
-    if in_caller_transaction:
+    with leaving_transaction(context) as concurrently:
+        drop = "DROP INDEX CONCURRENTLY" if concurrently else "DROP INDEX"
         for name in names:
-            context.connection.execute(text(f"DROP INDEX IF EXISTS {name}"))
-        return
-    with context.autocommit_block():
-        for name in names:
-            context.connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+            context.connection.execute(text(f"{drop} IF EXISTS {name}"))

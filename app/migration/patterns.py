@@ -1,0 +1,236 @@
+"""Revision helpers for statements that must not hold the run's transaction open.
+
+`outside_transaction()` is the way to write Alembic's autocommit block (for
+`CREATE INDEX CONCURRENTLY`, say); `fill_in_batches(...)` fills a column batch
+by batch, each batch committed on its own. Both adapt to the run they are in:
+
+* the run began its own transaction (`alembic upgrade`, the start-up upgrade,
+  pytest-alembic's built-in tests): Alembic's `autocommit_block`, which commits
+  the run's transaction and lets each statement commit on its own;
+* the caller handed in a connection inside its own open transaction (an app
+  wrapping the upgrade in its transaction, pytest-alembic's
+  `test_downgrade_leaves_no_trace`, which rolls every cycle back): no one but
+  the caller may commit that transaction, and Alembic's `autocommit_block`
+  would fail there on an assertion. The statements run in the caller's
+  transaction instead, and the block says so (`concurrently` is False), once
+  in the log;
+* offline (`alembic upgrade --sql`): Alembic's `autocommit_block`, which writes
+  `COMMIT` before the block's statements and `BEGIN` after them.
+
+Which of the first two holds is decided once, by app.migration.guarded_run
+before Alembic begins the run's transaction, and handed to the revisions in
+`config.attributes` (Alembic's place for state shared with env.py).
+"""
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import op
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+
+from app.migration.errors import AUTOCOMMIT_IN_CALLER_TRANSACTION, MigrationError
+
+log = logging.getLogger(__name__)
+
+CALLER_TRANSACTION = "anibridge_caller_transaction"
+"""The key of `config.attributes` under which a run in a caller's transaction is noted."""
+
+FIRST_BATCH_ROWS = 1_000
+BATCH_SECONDS = 0.05
+"""How long one batch should hold its row locks (SQLite: the write lock); the size follows."""
+SQLITE_PAUSE_SHARE = 0.5
+"""On SQLite, the pause after each batch, as a share of the batch's time: the write lock is
+free then, so the service's writes (retrying every few milliseconds) get in between batches."""
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass
+class CallerTransaction:
+    """The run is inside a transaction its caller opened; `explained` once that is logged."""
+
+    explained: bool = False
+
+
+@contextmanager
+def caller_transaction_noted(config: Config, in_caller_transaction: bool) -> Iterator[None]:
+    """For one run, tell the revisions whether it is inside its caller's open transaction."""
+    if not in_caller_transaction:
+        yield
+        return
+    config.attributes[CALLER_TRANSACTION] = CallerTransaction()
+    try:
+        yield
+    finally:
+        config.attributes.pop(CALLER_TRANSACTION, None)
+
+
+def caller_transaction(context: MigrationContext) -> CallerTransaction | None:
+    """The note of a run inside its caller's transaction; None offline or when the run owns it."""
+    if context.as_sql or context.config is None:
+        return None
+    return context.config.attributes.get(CALLER_TRANSACTION)
+
+
+@contextmanager
+def leaving_transaction(context: MigrationContext) -> Iterator[bool]:
+    """`outside_transaction()` for a given migration context (see there)."""
+    caller = caller_transaction(context)
+    if caller is None:
+        with context.autocommit_block():
+            yield True
+        return
+    if not caller.explained:
+        log.info(
+            "The migration runs inside a transaction its caller opened, which only the caller "
+            "may commit: the statements of outside_transaction() blocks run in it (indexes are "
+            "built without CONCURRENTLY, a fill's batches commit with the caller)"
+        )
+        caller.explained = True
+    yield False
+
+
+class AutocommitRefused:
+    """Stands in for Alembic's `autocommit_block` inside a caller's transaction.
+
+    Alembic would fail there on a bare assertion; refusing on entry, before
+    anything runs, names the fix in one line.
+    """
+
+    def __enter__(self) -> None:
+        raise MigrationError(AUTOCOMMIT_IN_CALLER_TRANSACTION)
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+def refuse_autocommit_blocks(context: MigrationContext) -> None:
+    """Inside a caller's transaction, make a revision's raw `autocommit_block()` refuse.
+
+    `outside_transaction()` (and the upgrade's own steps) never call it there.
+    """
+    context.autocommit_block = AutocommitRefused
+
+
+@contextmanager
+def outside_transaction() -> Iterator[bool]:
+    """Run the block's statements outside the run's transaction, where the run owns it.
+
+    Yields True in Alembic's autocommit block (the run's transaction, with every
+    revision before, is committed first; each statement then commits on its
+    own), and offline; False inside a caller's open transaction, where the
+    statements run in that transaction. Pass it on as
+    `postgresql_concurrently=concurrently`: CONCURRENTLY cannot run in a
+    transaction block.
+    """
+    with leaving_transaction(op.get_context()) as left:
+        yield left
+
+
+def fill_in_batches(
+    table: str,
+    *,
+    set_: str,
+    where: str,
+    key: str | None = None,
+    batch_size: int | None = None,
+) -> None:
+    """`UPDATE table SET <set_> WHERE <where>`, one batch of rows at a time.
+
+    `where` must select only the rows still to fill (`priority IS NULL`), so a
+    fill that stopped part-way continues where it left off when run again.
+    Batches follow `key` (default: the table's single-column primary key) upwards;
+    each is one statement committed on its own where the run owns its
+    transaction, so no row (on SQLite: the write lock) stays locked longer than
+    a batch, and what a killed fill committed stays. Without `batch_size` the
+    size follows the time a batch takes (about BATCH_SECONDS each). Inside a
+    caller's transaction every batch runs in it; offline it is written as the
+    one UPDATE the batches add up to. Progress is logged every few seconds.
+    """
+    context = op.get_context()
+    quote = context.dialect.identifier_preparer.quote
+    if context.as_sql:
+        with context.autocommit_block():
+            op.execute(f"UPDATE {quote(table)} SET {set_} WHERE {where}")
+        return
+    fill = BatchedFill(
+        table=quote(table),
+        key=quote(key or primary_key_column(context.connection, table)),
+        set_=set_,
+        where=where,
+        fixed_size=batch_size,
+    )
+    with leaving_transaction(context) as committing:
+        fill.run(context, pause=committing and context.dialect.name == "sqlite")
+
+
+def primary_key_column(connection: sa.Connection, table: str) -> str:
+    """The table's primary key column; refused when it has none or several."""
+    columns = sa.inspect(connection).get_pk_constraint(table)["constrained_columns"]
+    if len(columns) != 1:
+        raise MigrationError(
+            f"fill_in_batches({table!r}): the table has no single-column primary key to walk "
+            "the rows by; pass key= naming a unique, indexed column"
+        )
+    return columns[0]
+
+
+@dataclass
+class BatchedFill:
+    """The batches of one fill, walking `key` upwards; sized by time unless `fixed_size`."""
+
+    table: str
+    key: str
+    set_: str
+    where: str
+    fixed_size: int | None = None
+    filled: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def statement(self, after: Any) -> sa.TextClause:
+        """One batch: the next rows past `after` (None: from the start) that `where` selects."""
+        past = "" if after is None else f" AND {self.key} > :after"
+        return sa.text(
+            f"UPDATE {self.table} SET {self.set_} WHERE {self.key} IN "
+            f"(SELECT {self.key} FROM {self.table} WHERE ({self.where}){past} "
+            f"ORDER BY {self.key} LIMIT :rows) RETURNING {self.key}"
+        )
+
+    def next_batch(self, connection: sa.Connection, after: Any, rows: int) -> list[Any]:
+        """Fill the next batch; the keys of the rows it filled."""
+        past = {} if after is None else {"after": after}
+        return list(connection.execute(self.statement(after), {"rows": rows, **past}).scalars())
+
+    def run(self, context: MigrationContext, *, pause: bool) -> None:
+        after, size = None, self.fixed_size or FIRST_BATCH_ROWS
+        reported = self.started
+        while True:
+            began = time.monotonic()
+            keys = self.next_batch(context.connection, after, size)
+            seconds = time.monotonic() - began
+            if not keys:
+                break
+            after, self.filled = max(keys), self.filled + len(keys)
+            if pause:
+                time.sleep(seconds * SQLITE_PAUSE_SHARE)
+            if time.monotonic() - reported >= PROGRESS_EVERY_S:
+                reported = time.monotonic()
+                log.info(
+                    "Filling %s: %d rows so far (batches of %d)", self.table, self.filled, size
+                )
+            size = self.fixed_size or next_batch_size(size, seconds)
+        log.info(
+            "Filled %s: %d rows in %.1f s", self.table, self.filled, time.monotonic() - self.started
+        )
+
+
+def next_batch_size(size: int, seconds: float) -> int:
+    """The size that should take about BATCH_SECONDS, at most double the last, at least 1."""
+    if seconds <= 0:
+        return size * 2
+    return max(1, min(size * 2, int(size * BATCH_SECONDS / seconds)))
