@@ -114,7 +114,7 @@ def run_reading(connection) -> None:
     not know is named as the upgrade names it.
     """
     context.configure(connection=connection, dont_mutate=True, **CONFIGURE_OPTIONS)
-    refuse_unknown_revisions(context.script, connection)
+    refuse_unknown_revisions(context.script, connection, run_settings(connection))
     with context.begin_transaction():
         context.run_migrations()
 

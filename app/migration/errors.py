@@ -27,6 +27,10 @@ class UnknownSchemaError(MigrationError):
     pass
 
 
+class SeveralHeadsError(MigrationError):
+    """The revision files end in more than one head: no command can tell which to upgrade to."""
+
+
 class MigrationLockTimeoutError(MigrationError):
     pass
 

@@ -64,6 +64,7 @@ from app.migration.backup import backup_database, prune_backups
 from app.migration.connection import connect_for_migrations, migration_settings, probe
 from app.migration.errors import (
     MigrationError,
+    SeveralHeadsError,
     TableLockTimeoutError,
     describe_database_error,
     is_lock_timeout,
@@ -82,6 +83,8 @@ from app.migration.revisions import (
     refuse_overlapping_versions,
     refuse_unknown_revisions,
     script_directory,
+    several_heads_message,
+    single_head,
 )
 from app.migration.views_and_triggers import views_and_triggers_set_aside
 
@@ -94,12 +97,20 @@ def writes_to_database(env: EnvironmentContext) -> bool:
     `upgrade`, `downgrade` and `stamp` give Alembic a destination (`base`
     included, which reads back as None); the reading commands (`current`,
     `check`, `history`, `show`) give none, and `get_revision_argument` then has
-    no destination to look up. No command or function name is involved.
+    no destination to look up. No command or function name is involved. A
+    destination Alembic cannot resolve while the revision files have several
+    heads (`head` is then ambiguous) is refused in the words every command uses
+    for several heads (`several_heads_message`); `heads` or a revision still work.
     """
     try:
         env.get_revision_argument()
     except KeyError:
         return False
+    except CommandError:
+        heads = env.script.get_heads()
+        if len(heads) > 1:
+            raise SeveralHeadsError(several_heads_message(env.script, heads)) from None
+        raise
     return True
 
 
@@ -136,7 +147,9 @@ class GuardedRun:
         )
 
     def refuse_newer_database(self) -> None:
-        self.attempt.current = refuse_unknown_revisions(self.env.script, self.connection)
+        self.attempt.current = refuse_unknown_revisions(
+            self.env.script, self.connection, self.settings
+        )
 
     def adopt_and_back_up(self) -> None:
         """Plan the run; adopt an unversioned database and back up before anything changes."""
@@ -392,18 +405,18 @@ def database_revision(settings: Settings) -> tuple[str, ...]:
 def known_database_revision(settings: Settings, script: ScriptDirectory) -> tuple[str, ...]:
     """The database's revisions; refused when this release does not know one of them."""
     with connect_for_migrations(settings, read_only=True) as connection:
-        return refuse_unknown_revisions(script, connection)
+        return refuse_unknown_revisions(script, connection, settings)
 
 
 def require_database_at_head(settings: Settings) -> tuple[str, ...]:
     """For DB_MIGRATE_ON_STARTUP=false: the database's revisions, refused when not at head."""
     script = script_directory()
+    head = single_head(script)
     current = known_database_revision(settings, script)
-    heads = set(script.get_heads())
-    if set(current) != heads:
+    if current != (head,):
         raise MigrationError(
             f"the database is at revision {', '.join(current) or 'none'} but this release "
-            f"needs {', '.join(sorted(heads))}; run `alembic upgrade head` (or start with "
+            f"needs {head}; run `alembic upgrade head` (or start with "
             "DB_MIGRATE_ON_STARTUP=true)"
         )
     return current

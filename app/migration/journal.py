@@ -137,14 +137,31 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def release_that_applied(connection: Connection, revision: str) -> HistoryRow | None:
+def release_that_applied(history: list[HistoryRow], revision: str) -> HistoryRow | None:
     """The latest row that moved the database to `revision` (applied or stamped)."""
     rows = [
         row
-        for row in read_history(connection)
+        for row in history
         if row.revision == revision and row.direction in ("upgrade", "stamp", "adopt")
     ]
     return rows[-1] if rows else None
+
+
+def applied_revisions(history: list[HistoryRow]) -> list[str]:
+    """The revisions the history says the database holds, oldest first.
+
+    Replayed row by row: an upgrade adds its revision, a downgrade takes its
+    revision off, a stamp or an adoption starts again from its revision.
+    """
+    applied: list[str] = []
+    for row in history:
+        if row.direction == "upgrade":
+            applied.append(row.revision)
+        elif row.direction == "downgrade" and row.revision in applied:
+            applied.remove(row.revision)
+        elif row.direction in ("stamp", "adopt"):
+            applied = [] if row.revision == "base" else [row.revision]
+    return applied
 
 
 COMPARE_OPTIONS = {

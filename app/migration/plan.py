@@ -53,7 +53,13 @@ from app.migration.errors import (
 )
 from app.migration.guarded_run import backs_up
 from app.migration.rehearsal import Rehearsal, RehearsalBroken, RehearsalEnded, StepReport
-from app.migration.revisions import alembic_config, current_heads, plan_run, script_directory
+from app.migration.revisions import (
+    alembic_config,
+    current_heads,
+    plan_run,
+    script_directory,
+    single_head,
+)
 
 PLAN_FORMAT = 1
 EXIT_CODES = {"up_to_date": 0, "upgrade": 2, "refused": 1, "newer": 1, "failed": 1}
@@ -113,6 +119,7 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
     """
     settings = dataclasses.replace(settings, connect_retries=0)
     script = script_directory()
+    single_head(script)
     shown = settings.database_url.render_as_string(hide_password=True)
     if settings.is_sqlite:
         return plan_on_copy(settings, script, shown)

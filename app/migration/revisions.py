@@ -7,8 +7,9 @@ at a database (the upgrade, the read-only commands, `anibridge status`, a
 restore) asks the same way.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,14 @@ from sqlalchemy import Connection
 
 from app import app_version
 from app.config import Settings
-from app.migration.errors import DatabaseNewerThanCodeError, MigrationError
-from app.migration.journal import HistoryRow, release_that_applied
+from app.migration.backup import list_backups, read_backup_name
+from app.migration.errors import DatabaseNewerThanCodeError, MigrationError, SeveralHeadsError
+from app.migration.journal import (
+    HistoryRow,
+    applied_revisions,
+    read_history,
+    release_that_applied,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -105,6 +112,31 @@ def unknown_revisions(script: ScriptDirectory, revisions: Iterable[str]) -> list
     return sorted(set(revisions) - known)
 
 
+def several_heads_message(script: ScriptDirectory, heads: Sequence[str]) -> str:
+    """What to do when the revision files end in more than one head: the one message for it.
+
+    Two branches that each added a revision on the same parent give two heads
+    once both are merged. Either a merge revision joins them, or the newer
+    revision (its file name starts with the time it was written) is moved on
+    top of the other.
+    """
+    newest, other = sorted(heads, key=lambda head: Path(script.get_revision(head).path).name)[-2:]
+    return (
+        f"the revisions have {len(heads)} heads ({', '.join(sorted(heads))}), so there is no "
+        f'single head to upgrade to: join them with `alembic merge heads -m "merge heads"`, '
+        f"or rebase the newer revision onto the other head (in "
+        f'{Path(script.get_revision(newest).path).name} set down_revision = "{other}")'
+    )
+
+
+def single_head(script: ScriptDirectory) -> str:
+    """The one head of the revisions; SeveralHeadsError says what to do when there are more."""
+    heads = script.get_heads()
+    if len(heads) != 1:
+        raise SeveralHeadsError(several_heads_message(script, heads))
+    return heads[0]
+
+
 def newer_database_message(unknown: list[str], applied: HistoryRow | None = None) -> str:
     """Which revision this release does not know, and which release to run instead.
 
@@ -121,20 +153,100 @@ def newer_database_message(unknown: list[str], applied: HistoryRow | None = None
     )
 
 
-def newer_database_refusal(
-    script: ScriptDirectory, connection: Connection, heads: tuple[str, ...]
+def other_branch_message(
+    script: ScriptDirectory,
+    heads: tuple[str, ...],
+    history: list[HistoryRow],
+    settings: Settings | None,
 ) -> str | None:
-    """The refusal for a database at `heads` when this release does not know one; else None."""
+    """The way back for a database a git branch switch left at a revision of the other branch.
+
+    This version applied the revision, so it is no newer release: the files are
+    on another branch. The history tells which revisions the database holds
+    that this checkout lacks, the last one before them that it has (where a
+    downgrade on the other branch must go), and when the first of them was
+    applied (the backup to restore is the newest one taken before). None when
+    the history cannot tell.
+    """
+    applied = applied_revisions(history)
+    lacking = set(unknown_revisions(script, applied))
+    missing = [revision for revision in applied if revision in lacking]
+    if not missing:
+        return None
+    first = missing[0]
+    shared = applied[: applied.index(first)]
+    unknown = unknown_revisions(script, heads)
+    kept = [head for head in heads if head not in unknown]
+    if kept:
+        downgrade = f"alembic downgrade {unknown[0]}@-{len(missing)}"
+        effect = f"it reverts {', '.join(missing)} and keeps {', '.join(kept)}"
+    else:
+        target = shared[-1] if shared else "base"
+        downgrade = f"alembic downgrade {target}"
+        effect = f"{target} is the last revision both branches share"
+    when = release_that_applied(history, first)
+    message = (
+        f"the database is at revision {', '.join(unknown)}, which this checkout does not have, "
+        f"but this version (AniBridge {app_version()}) applied it on {when.applied_at[:10]}: "
+        f"it comes from another git branch; check out the branch that has {first} and run "
+        f"`{downgrade}` there ({effect})"
+    )
+    backup = backup_taken_before(settings, datetime.fromisoformat(when.applied_at))
+    if backup is not None:
+        message += (
+            f", or restore the backup taken before {first} was applied: "
+            f"`anibridge restore {backup}`"
+        )
+    return message
+
+
+def backup_taken_before(settings: Settings | None, moment: datetime) -> Path | None:
+    """The newest SQLite backup of the database taken before `moment`, if any."""
+    if settings is None or not settings.is_sqlite:
+        return None
+    database, backups_dir = Path(settings.database_url.database), settings.data_dir / "backups"
+    if not backups_dir.is_dir():
+        return None
+    earlier = [
+        backup
+        for backup in list_backups(backups_dir, database)
+        if (created := read_backup_name(backup, database)[1]) is not None and created <= moment
+    ]
+    return earlier[-1] if earlier else None
+
+
+def newer_database_refusal(
+    script: ScriptDirectory,
+    connection: Connection,
+    heads: tuple[str, ...],
+    settings: Settings | None = None,
+) -> str | None:
+    """The refusal for a database at `heads` when this release does not know one; else None.
+
+    A revision this very version applied comes from another git branch, and gets
+    the way back to this one; any other is a newer release's.
+    """
     unknown = unknown_revisions(script, heads)
     if not unknown:
         return None
-    return newer_database_message(unknown, release_that_applied(connection, unknown[0]))
+    history = read_history(connection)
+    applied = release_that_applied(history, unknown[0])
+    if applied is not None and applied.app_version == app_version():
+        message = other_branch_message(script, heads, history, settings)
+        if message is not None:
+            return message
+    return newer_database_message(unknown, applied)
 
 
-def refuse_unknown_revisions(script: ScriptDirectory, connection: Connection) -> tuple[str, ...]:
-    """The database's current revisions, unless this release does not know one of them."""
+def refuse_unknown_revisions(
+    script: ScriptDirectory, connection: Connection, settings: Settings | None = None
+) -> tuple[str, ...]:
+    """The database's current revisions, unless this release does not know one of them.
+
+    `settings` name the backups a refusal may point to.
+    """
     heads = current_heads(connection)
-    refusal = newer_database_refusal(script, connection, heads)
+    refusal = newer_database_refusal(script, connection, heads, settings)
     if refusal is not None:
         raise DatabaseNewerThanCodeError(refusal)
     return heads

@@ -47,6 +47,7 @@ from app.migration.revisions import (
     newer_database_refusal,
     plan_run,
     script_directory,
+    single_head,
     unknown_revisions,
 )
 
@@ -78,6 +79,7 @@ def database_status(settings: Settings, target_metadata: MetaData | None = None)
     """
     settings = dataclasses.replace(settings, connect_retries=0)
     script = script_directory()
+    single_head(script)
     with connect_for_migrations(settings, read_only=True) as connection:
         running = upgrade_running(connection, settings.database_url)
         current = current_heads(connection)
@@ -93,7 +95,7 @@ def database_status(settings: Settings, target_metadata: MetaData | None = None)
             history=[row.as_dict() for row in history],
             edited=edited_revisions(script, current, history),
         )
-        fill_state(status, script, connection, current, target_metadata)
+        fill_state(status, script, connection, settings, target_metadata)
     return status
 
 
@@ -101,11 +103,12 @@ def fill_state(
     status: DatabaseStatus,
     script: ScriptDirectory,
     connection: Connection,
-    current,
+    settings: Settings,
     target_metadata: MetaData | None,
 ) -> None:
     """The verdict the upgrade would reach, decided by the code the upgrade runs."""
-    refusal = newer_database_refusal(script, connection, current)
+    current = tuple(status.current)
+    refusal = newer_database_refusal(script, connection, current, settings)
     if refusal is not None:
         status.state, status.message = "newer", refusal
         return

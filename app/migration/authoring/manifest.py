@@ -26,6 +26,8 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 
+from app.migration import revisions
+from app.migration.errors import SeveralHeadsError
 from app.migration.manifest import (
     MIGRATIONS_DIR,
     UPDATE_COMMAND,
@@ -46,14 +48,10 @@ def revisions_in_order(migrations_dir: Path) -> list:
 
 
 def single_head(migrations_dir: Path) -> str:
-    heads = ScriptDirectory(str(migrations_dir)).get_heads()
-    if len(heads) != 1:
-        raise ManifestError(
-            f"the revisions have {len(heads)} heads ({', '.join(sorted(heads))}): point the "
-            "newer revision's down_revision at the other head, then rename its file so its "
-            "date sorts after its parent's"
-        )
-    return heads[0]
+    try:
+        return revisions.single_head(ScriptDirectory(str(migrations_dir)))
+    except SeveralHeadsError as exc:
+        raise ManifestError(str(exc)) from None
 
 
 def problems(migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
