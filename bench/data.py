@@ -78,15 +78,6 @@ def insert_rows(path: Path, table: str, columns: str, rows: Iterator[tuple]) -> 
         connection.close()
 
 
-def copy_project(destination: Path) -> Path:
-    """A copy of what a container runs (app, migrations, alembic.ini), to add revisions to."""
-    ignore = shutil.ignore_patterns("__pycache__")
-    for folder in ("app", "migrations"):
-        shutil.copytree(PROJECT_ROOT / folder, destination / folder, ignore=ignore)
-    shutil.copy2(PROJECT_ROOT / "alembic.ini", destination / "alembic.ini")
-    return destination
-
-
 def migrate_to_head(data_dir: Path, project: Path = PROJECT_ROOT) -> Path:
     run_timed([PYTHON, "-m", "app.migrate"], child_env(DATA_DIR=str(data_dir)), cwd=project)
     return data_dir / "anibridge_jobs.db"

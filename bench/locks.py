@@ -25,7 +25,6 @@ upgrade's wall time (process start to exit) is printed beside each.
 """
 
 import random
-import shutil
 import subprocess
 import threading
 import time
@@ -49,9 +48,8 @@ from bench.common import (
     scratch_dir,
     scratch_postgres_database,
 )
-from bench.data import copy_project
+from tests.chain import HEAD, copy_project, plant_revisions
 from tests.expand_contract import EXPAND, insert_jobs, job_id, revision_file
-from tests.legacy_data import HEAD
 
 FULL_ROWS = 1_000_000
 QUICK_ROWS = 100_000
@@ -214,7 +212,7 @@ def versions(project: Path) -> Path:
 
 def expand_project(destination: Path) -> Path:
     project = copy_project(destination)
-    shutil.copy2(revision_file(EXPAND), versions(project))
+    plant_revisions(project, [revision_file(EXPAND)])
     return project
 
 

@@ -9,7 +9,6 @@ indexes, in one transaction. DB_BACKUP_KEEP=0: the backup is benchmark 4.
 
 from pathlib import Path
 
-from app.migration.at_head import vouched_head
 from bench.common import (
     PYTHON,
     Figure,
@@ -23,33 +22,22 @@ from bench.common import (
 )
 from bench.data import (
     JOB_COLUMNS,
-    copy_project,
     fresh_copy,
     insert_rows,
     job_rows,
     migrate_to_head,
     row_count,
 )
+from tests.chain import InjectedRevision, copy_project, plant_revisions
 
-REVISION_TEMPLATE = '''"""Benchmark only: rebuild job in batch mode."""
-
-import sqlalchemy as sa
-from alembic import op
-
-revision = "bench0rebuild"
-down_revision = "{head}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
+REBUILD = InjectedRevision(
+    "bench0rebuild",
+    "Benchmark only: rebuild job in batch mode",
+    """\
     with op.batch_alter_table("job", recreate="always") as batch_op:
-        batch_op.alter_column("message", existing_type=sa.String(), type_=sa.Text())
-
-
-def downgrade() -> None:
-    pass
-'''
+        batch_op.alter_column("message", existing_type=sa.String(), type_=sa.Text())""",
+    downgrade="    pass",
+)
 RAW_REBUILD_CODE = """
 import sqlite3, sys
 connection = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -78,9 +66,7 @@ def build_template(root: Path, rows: int) -> tuple[Path, Path]:
     project = copy_project(root / "project")
     template = migrate_to_head(root / f"template-{rows}", project)
     insert_rows(template, "job", JOB_COLUMNS, job_rows(rows))
-    head = vouched_head(project / "migrations")
-    revision_file = project / "migrations" / "versions" / "2099_01_01_0000-bench0rebuild_.py"
-    revision_file.write_text(REVISION_TEMPLATE.format(head=head))
+    plant_revisions(project, [REBUILD])
     return project, template
 
 

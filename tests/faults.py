@@ -10,7 +10,6 @@ and every row.
 import hashlib
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -30,12 +29,9 @@ from sqlalchemy.pool import NullPool
 
 from app.migration.adoption.schema_shape import TableShape, describe_schema
 from app.migration.backup import PARTIAL_SUFFIX, list_backups
+from tests.chain import InjectedRevision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_ITEMS = ("app", "migrations", "alembic.ini", "pyproject.toml")
-BASELINE = "5cb5dab892ec"
-HEAD = "bd4dbe993fef"
-RELEASED_REVISIONS = (BASELINE, HEAD)
 UPGRADE_COMMANDS = {
     "alembic": ("-m", "alembic", "upgrade", "head"),
     "app.migrate": ("-m", "app.migrate"),
@@ -59,37 +55,6 @@ JOB_STATUSES = ("queued", "downloading", "completed", "failed", "cancelled")
 SITES = ("aniworld.to", "s.to", "megakino")
 SEED_TIME = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
 
-REVISION_TEMPLATE = '''"""{message}
-
-Revision ID: {revision}
-Revises: {down_revision}
-Create Date: 2026-12-01 12:00:00+00:00
-
-"""
-
-from collections.abc import Sequence
-
-import sqlalchemy as sa
-from alembic import op
-
-revision: str = "{revision}"
-down_revision: str | Sequence[str] | None = "{down_revision}"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
-
-
-def upgrade() -> None:
-    """Upgrade schema."""
-{upgrade}
-
-
-def downgrade() -> None:
-    """Downgrade schema."""
-{downgrade}
-'''
-NO_DOWNGRADE = '    raise NotImplementedError("a revision injected by the fault tests")'
-
-
 # --- settings for long runs -------------------------------------------------
 
 
@@ -103,50 +68,6 @@ def seeded_random(label: str) -> random.Random:
     seed = int(os.environ.get("FAULT_SEED") or random.SystemRandom().randrange(2**32))
     print(f"{label}: FAULT_SEED={seed}")
     return random.Random(seed)
-
-
-# --- the scratch project and its revisions ----------------------------------
-
-
-@dataclass(frozen=True)
-class InjectedRevision:
-    revision: str
-    down_revision: str
-    message: str
-    upgrade: str
-    """The body of `upgrade()`, indented by four spaces."""
-    downgrade: str = NO_DOWNGRADE
-    """The body of `downgrade()`, likewise."""
-
-
-def copy_project(target: Path) -> Path:
-    """Copy what the upgrade needs (code, migrations, config) into `target`."""
-    target.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__")
-    for item in PROJECT_ITEMS:
-        source = REPO_ROOT / item
-        if source.is_dir():
-            shutil.copytree(source, target / item, ignore=ignore)
-        else:
-            shutil.copy2(source, target / item)
-    return target
-
-
-def inject_revisions(project: Path, revisions: Iterable[InjectedRevision]) -> None:
-    """Write revision files named like the released ones, so file order stays chain order."""
-    versions = project / "migrations" / "versions"
-    for minute, injected in enumerate(revisions):
-        slug = injected.message.split(":")[0].lower().replace(" ", "_")[:40]
-        path = versions / f"2026_12_01_12{minute:02d}-{injected.revision}_{slug}.py"
-        path.write_text(
-            REVISION_TEMPLATE.format(
-                message=injected.message,
-                revision=injected.revision,
-                down_revision=injected.down_revision,
-                upgrade=injected.upgrade.rstrip(),
-                downgrade=injected.downgrade.rstrip(),
-            )
-        )
 
 
 # --- a revision that fails after changing schema and rows -------------------
@@ -164,9 +85,7 @@ FAILING_BODY = """\
     op.execute("DELETE FROM clienttask")
     raise RuntimeError("injected failure after real DDL and data changes")
 """
-FAILING = InjectedRevision(
-    "fa11ed000001", HEAD, "Fail after changing schema and rows", FAILING_BODY
-)
+FAILING = InjectedRevision("fa11ed000001", "Fail after changing schema and rows", FAILING_BODY)
 
 # --- running the upgrade ----------------------------------------------------
 

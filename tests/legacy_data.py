@@ -32,8 +32,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 RELEASES_DIR = REPO_ROOT / "tests" / "data" / "releases"
 LEGACY_SQL_DIR = REPO_ROOT / "tests" / "data" / "legacy_sql"
-BASELINE = "5cb5dab892ec"
-HEAD = "bd4dbe993fef"
 
 MULTI_SITE = "multi_site"
 SINGLE_SITE = "single_site"

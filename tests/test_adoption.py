@@ -33,12 +33,17 @@ from app.migration.adoption.schema_shape import TableShape, describe_schema
 from app.migration.errors import MigrationError, UnknownSchemaError
 from app.migration.guarded_run import upgrade_database
 from app.migration.revisions import current_heads
-from tests.conftest import settings_for
-from tests.faults import (
+from tests.chain import (
+    BASELINE,
+    HEAD,
     InjectedRevision,
     copy_project,
+    plant_revisions,
+    running_upgrade_lines,
+)
+from tests.conftest import settings_for
+from tests.faults import (
     env_int,
-    inject_revisions,
     run_and_kill,
     run_concurrently,
     run_upgrade,
@@ -47,8 +52,6 @@ from tests.faults import (
     upgrade_environment,
 )
 from tests.legacy_data import (
-    BASELINE,
-    HEAD,
     JOB_STATUSES,
     LANGUAGES,
     LEGACY_SITE,
@@ -95,7 +98,8 @@ from tests.test_faults import KILL_WINDOW_MARGIN
 
 LEGACY_ROWS = int(os.environ.get("LEGACY_ROWS", "3000"))
 ADOPTED_LOG = f"Adopted an unversioned database as baseline revision {BASELINE}"
-UPGRADED_LOG = f"Running upgrade {BASELINE} -> {HEAD}"
+UPGRADED_LOGS = running_upgrade_lines(BASELINE)
+LATER_REBUILD = "a1b2c3d4e5f6"
 
 Upgrader = Callable[[Path], str]
 
@@ -234,7 +238,7 @@ def test_release_file_is_adopted_with_every_row_checksum_intact(
 
     log = upgrade(tmp_path)
 
-    assert ADOPTED_LOG in log and UPGRADED_LOG in log
+    assert ADOPTED_LOG in log and all(line in log for line in UPGRADED_LOGS)
     assert sqlite_revision(database) == HEAD
     assert release_row_checksums(database, columns) == RELEASE_CHECKSUMS[name]
     assert all(values == {LEGACY_SITE} for values in site_values(database, columns).values())
@@ -313,7 +317,7 @@ def test_multi_site_database_is_stamped_and_upgraded_with_every_row_unchanged(
 
     log = upgrade(tmp_path)
 
-    assert ADOPTED_LOG in log and UPGRADED_LOG in log
+    assert ADOPTED_LOG in log and all(line in log for line in UPGRADED_LOGS)
     assert sqlite_revision(database) == HEAD
     assert dump_sqlite_rows(database, LEGACY_TABLES) == before
     assert {table: len(rows) for table, rows in before.items()} == dict.fromkeys(
@@ -334,7 +338,7 @@ def test_single_site_database_gains_its_site_on_every_row(
 
     log = upgrade(tmp_path)
 
-    assert ADOPTED_LOG in log and UPGRADED_LOG in log
+    assert ADOPTED_LOG in log and all(line in log for line in UPGRADED_LOGS)
     assert sqlite_revision(database) == HEAD
     assert dump_sqlite_rows(database, LEGACY_TABLES) == with_legacy_site(before)
     shape = sqlite_schema(database)
@@ -600,7 +604,6 @@ def batch_rebuild_of_job(revision: str, *changes: str) -> InjectedRevision:
     body = "".join(f"        batch_op.{change}\n" for change in changes)
     return InjectedRevision(
         revision,
-        HEAD,
         "Rebuild job in batch mode",
         f'    with op.batch_alter_table("job", recreate="always") as batch_op:\n{body}',
     )
@@ -611,8 +614,8 @@ def test_later_batch_rebuild_keeps_user_views_and_triggers_working(
     name: str, tmp_path: Path
 ) -> None:
     project = copy_project(tmp_path / "project")
-    inject_revisions(
-        project, [batch_rebuild_of_job("a1b2c3d4e5f6", 'alter_column("message", type_=sa.Text())')]
+    plant_revisions(
+        project, [batch_rebuild_of_job(LATER_REBUILD, 'alter_column("message", type_=sa.Text())')]
     )
     database = copy_release(name, tmp_path / "data")
     add_to_release_file(database, ["views", "triggers"])
@@ -623,8 +626,8 @@ def test_later_batch_rebuild_keeps_user_views_and_triggers_working(
     )
 
     assert outcome.returncode == 0, outcome.output
-    assert "Running upgrade bd4dbe993fef -> a1b2c3d4e5f6" in outcome.output
-    assert sqlite_revision(database) == "a1b2c3d4e5f6"
+    assert f"Running upgrade {HEAD} -> {LATER_REBUILD}" in outcome.output
+    assert sqlite_revision(database) == LATER_REBUILD
     assert release_row_checksums(database, released_columns(name)) == RELEASE_CHECKSUMS[name]
     assert user_objects(database) == user_objects_expected(["views", "triggers"])
     assert view_counts(database) == views_before
@@ -633,11 +636,11 @@ def test_later_batch_rebuild_keeps_user_views_and_triggers_working(
 
 def test_revision_that_breaks_a_user_view_is_rolled_back_with_one_line(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
-    inject_revisions(
+    plant_revisions(
         project,
         [
             batch_rebuild_of_job(
-                "a1b2c3d4e5f6", 'drop_index("ix_job_status")', 'drop_column("status")'
+                LATER_REBUILD, 'drop_index("ix_job_status")', 'drop_column("status")'
             )
         ],
     )

@@ -7,7 +7,6 @@ copy's models and writing revisions never touches the repository.
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,13 +18,11 @@ from sqlalchemy.engine import URL
 
 from app.migration.authoring.manifest import manifest_path, read_manifest
 from app.migration.authoring.manifest import problems as manifest_problems
-from app.migration.revisions import PROJECT_ROOT, script_directory
+from app.migration.revisions import PROJECT_ROOT
+from tests.chain import HEAD, copy_project
 from tests.row_dump import RowDump
 from tests.test_revision_files import RUFF, imported_top_level_modules
 
-HEAD = script_directory().get_current_head()
-COPIED_DIRS = ("app", "migrations")
-COPIED_FILES = ("alembic.ini", "pyproject.toml")
 JOB_IDS = ("job-a", "job-b", "job-c")
 JOB_MESSAGE_BEFORE = "    message: str | None = None\n"
 JOB_FIELDS_AFTER = (
@@ -79,15 +76,6 @@ class Project:
         result = self.alembic(*args)
         assert result.returncode == 0, f"alembic {' '.join(args)}:\n{result.stderr}"
         return result
-
-
-def copy_project(destination: Path) -> Path:
-    ignore = shutil.ignore_patterns("__pycache__")
-    for name in COPIED_DIRS:
-        shutil.copytree(PROJECT_ROOT / name, destination / name, ignore=ignore)
-    for name in COPIED_FILES:
-        shutil.copy2(PROJECT_ROOT / name, destination / name)
-    return destination
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ from app.migration.connection import connect_for_migrations
 from app.migration.errors import BackupError
 from app.migration.guarded_run import upgrade_database
 from app.migration.revisions import alembic_config
+from tests.chain import BASELINE, HEAD
 from tests.conftest import settings_for
 from tests.legacy_data import (
-    BASELINE,
-    HEAD,
     MULTI_SITE,
     dump_sqlite_rows,
     insert_rows,

@@ -20,8 +20,8 @@ from app.engine import make_engine
 from app.migration import progress
 from app.migration.guarded_run import upgrade_database
 from app.migration.progress import RevisionHeartbeat, StepClock
+from tests.chain import InjectedRevision, copy_project, plant_revisions
 from tests.conftest import settings_for
-from tests.faults import HEAD, InjectedRevision, copy_project, inject_revisions
 from tests.legacy_data import VENV_BIN, anibridge, command_environment, run_command
 
 TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (INFO|WARNING|ERROR) ")
@@ -96,7 +96,7 @@ def test_heartbeat_names_the_running_revision_every_interval(caplog) -> None:
 def slow_project(tmp_path: Path, seconds: float) -> Config:
     project = copy_project(tmp_path / "project")
     body = f"    import time\n\n    time.sleep({seconds})\n    op.execute(sa.text('SELECT 1'))"
-    inject_revisions(project, [InjectedRevision(SLOW_REVISION, HEAD, "Slow revision", body)])
+    plant_revisions(project, [InjectedRevision(SLOW_REVISION, "Slow revision", body)])
     config = Config(str(project / "alembic.ini"))
     config.set_main_option("script_location", str(project / "migrations"))
     return config
@@ -155,7 +155,7 @@ def test_offline_sql_on_sqlite_names_the_batch_limit_in_one_line(tmp_path: Path)
         '    with op.batch_alter_table("job") as batch_op:\n'
         '        batch_op.alter_column("message", existing_type=sa.String(), type_=sa.Text())'
     )
-    inject_revisions(project, [InjectedRevision(SLOW_REVISION, HEAD, "Message as text", body)])
+    plant_revisions(project, [InjectedRevision(SLOW_REVISION, "Message as text", body)])
     environ = command_environment(tmp_path / "data", PYTHONPATH=str(project))
     result = subprocess.run(
         [str(VENV_BIN / "alembic"), "upgrade", "head", "--sql"],

@@ -22,12 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from app.config import DATABASE_FILE_NAME
+from tests.chain import BASELINE, HEAD
 from tests.container_engine import Engine, build_image_with_revisions
 from tests.containers import HEALTH_TIMEOUT_S, Container, Containers, request_json
 from tests.faults import NO_DOWNGRADE, REVISION_TEMPLATE
 from tests.legacy_data import (
-    BASELINE,
-    HEAD,
     LEGACY_SITE,
     LEGACY_TABLES,
     RELEASE_FILES,

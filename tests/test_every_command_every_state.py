@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from tests.chain import BASELINE
 from tests.conftest import settings_for
 from tests.legacy_data import (
-    BASELINE,
     RELEASE_FILES,
     VENV_BIN,
     command_environment,

@@ -8,7 +8,6 @@ revision then follows through the `alembic` command line (which, unlike the
 service, loads the models and their naming convention).
 """
 
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from tests.chain import HEAD, copy_project, plant_revisions, project_with
 from tests.expand_contract import (
     CONTRACT,
     EXPAND,
@@ -26,10 +26,8 @@ from tests.expand_contract import (
     upgrades_recorded,
 )
 from tests.faults import (
-    HEAD,
     alembic_versions,
     connect,
-    copy_project,
     finish,
     run_upgrade,
     start_upgrade,
@@ -59,8 +57,7 @@ def test_expand_killed_during_its_fill_completes_on_the_next_run_then_contract(
     environ = upgrade_environment(released, postgres_url, tmp_path / "data")
     assert run_upgrade(released, environ).returncode == 0
     insert_jobs(postgres_url, JOBS)
-    project = copy_project(tmp_path / "expand")
-    shutil.copy2(revision_file(EXPAND), project / "migrations" / "versions")
+    project = project_with(tmp_path / "expand", [revision_file(EXPAND)])
     environ = upgrade_environment(project, postgres_url, tmp_path / "data")
 
     started = time.perf_counter()
@@ -87,7 +84,7 @@ def test_expand_killed_during_its_fill_completes_on_the_next_run_then_contract(
         assert index_is_valid(connection, "ix_job_priority")
         assert upgrades_recorded(connection, EXPAND) == 1
 
-    shutil.copy2(revision_file(CONTRACT), project / "migrations" / "versions")
+    plant_revisions(project, [revision_file(CONTRACT)])
     contract = run_upgrade(project, environ)
 
     assert contract.returncode == 0, contract.output

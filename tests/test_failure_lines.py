@@ -21,11 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from app.migration.guarded_run import upgrade_database
+from tests.chain import BASELINE, HEAD, copy_project, plant_revisions
 from tests.conftest import settings_for
-from tests.faults import FAILING, copy_project, inject_revisions, upgrade_environment
+from tests.faults import FAILING, upgrade_environment
 from tests.legacy_data import (
-    BASELINE,
-    HEAD,
     MULTI_SITE,
     REPO_ROOT,
     command_environment,
@@ -103,7 +102,7 @@ def test_a_restart_loop_keeps_one_backup_per_state_and_deletes_none(tmp_path: Pa
     (earlier,) = backups(data_dir)
     assert sqlite_revision(earlier) == BASELINE
     project = copy_project(tmp_path / "project")
-    inject_revisions(project, [FAILING])
+    plant_revisions(project, [FAILING])
     environ = {**upgrade_environment(project, url, data_dir), "DB_BACKUP_KEEP": "1"}
     checksum = sha256_of(database)
 

@@ -23,27 +23,32 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
 from app.config import sqlite_url as sqlite_url_for
-from app.migration.adoption.schema_shape import diff_schemas
+from app.migration.adoption.schema_shape import app_tables, diff_schemas
 from app.migration.guarded_run import upgrade_database
+from tests.chain import (
+    BASELINE,
+    CHAIN,
+    HEAD,
+    InjectedRevision,
+    after,
+    copy_project,
+    plant_revisions,
+    project_with,
+)
 from tests.conftest import postgres_server_url, settings_for
 from tests.faults import (
-    BASELINE,
     FAILING,
     FAILING_BODY,
-    HEAD,
     REPO_ROOT,
     DatabaseState,
-    InjectedRevision,
     Outcome,
     alembic_versions,
     applied_revisions,
     backups_of,
     connect,
-    copy_project,
     database_snapshot,
     database_state,
     env_int,
-    inject_revisions,
     insert_jobs_postgres,
     insert_jobs_sqlite,
     leftover_partials,
@@ -57,7 +62,7 @@ from tests.faults import (
     upgrade_environment,
     wait_for_orphans,
 )
-from tests.revision_data import AT_REVISION_DATA
+from tests.revision_data import TABLE_ROWS
 
 KILL_TRIALS = env_int("FAULT_KILL_TRIALS", 6)
 POSTGRES_KILL_TRIALS = env_int("FAULT_PG_KILL_TRIALS", 3)
@@ -70,7 +75,6 @@ KILL_WINDOW_MARGIN = 1.2
 
 SLOW_REBUILD = InjectedRevision(
     revision="f1a5c0ffee01",
-    down_revision=HEAD,
     message="Rebuild job with an attempts column (slow on purpose)",
     upgrade="""\
     with op.batch_alter_table("job", recreate="always") as batch_op:
@@ -84,7 +88,6 @@ SLOW_REBUILD = InjectedRevision(
 
 SUCCEEDING = InjectedRevision(
     revision="900d00000001",
-    down_revision=HEAD,
     message="Succeed: add a table, a column and change rows",
     upgrade="""\
     op.create_table("fault_good", sa.Column("id", sa.Integer(), primary_key=True))
@@ -95,12 +98,14 @@ SUCCEEDING = InjectedRevision(
 """,
 )
 FAILING_AFTER_SUCCEEDING = InjectedRevision(
-    "fa11ed000002", SUCCEEDING.revision, "Fail after changing schema and rows", FAILING_BODY
+    "fa11ed000002",
+    "Fail after changing schema and rows",
+    FAILING_BODY,
+    down_revision=SUCCEEDING.revision,
 )
 
 PARENT_AND_CHILD = InjectedRevision(
     revision="fc0000000001",
-    down_revision=HEAD,
     message="Parent and child tables, child rows cascade on delete",
     upgrade="""\
     op.create_table(
@@ -140,7 +145,6 @@ REBUILD_PARENT = InjectedRevision(
 CHILD_ROWS = 6
 HOLD_LOCK = InjectedRevision(
     revision="401d10c00001",
-    down_revision=HEAD,
     message="Hold the upgrade lock for a second",
     upgrade="""\
     import time
@@ -158,7 +162,7 @@ HOLD_LOCK = InjectedRevision(
 def holding_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch copy whose head revision holds the upgrade lock for a second."""
     project = copy_project(tmp_path_factory.mktemp("holding") / "project")
-    inject_revisions(project, [HOLD_LOCK])
+    plant_revisions(project, [HOLD_LOCK])
     return project
 
 
@@ -166,13 +170,7 @@ def holding_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def slow_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch copy whose head is the slow table rebuild."""
     project = copy_project(tmp_path_factory.mktemp("slow") / "project")
-    inject_revisions(project, [SLOW_REBUILD])
-    return project
-
-
-def project_with(tmp_path: Path, revisions: list[InjectedRevision]) -> Path:
-    project = copy_project(tmp_path / "project")
-    inject_revisions(project, revisions)
+    plant_revisions(project, [SLOW_REBUILD])
     return project
 
 
@@ -399,8 +397,8 @@ def create_legacy_multi_site(database: Path) -> None:
 @pytest.mark.parametrize(
     ("start", "expected_applied"),
     [
-        ("empty file", [BASELINE, HEAD, HOLD_LOCK.revision]),
-        ("legacy multi-site", [HEAD, HOLD_LOCK.revision]),
+        ("empty file", [*CHAIN, HOLD_LOCK.revision]),
+        ("legacy multi-site", [*after(BASELINE), HOLD_LOCK.revision]),
     ],
 )
 def test_concurrent_sqlite_upgrades_apply_each_revision_once(
@@ -440,7 +438,7 @@ def test_concurrent_postgres_upgrades_apply_each_revision_once(
             outcomes = run_concurrently(
                 holding_project, env, mixed_entry_points(), tmp_path / f"gate-{trial}"
             )
-            waited = assert_exactly_one_upgrader(outcomes, [BASELINE, HEAD, HOLD_LOCK.revision])
+            waited = assert_exactly_one_upgrader(outcomes, [*CHAIN, HOLD_LOCK.revision])
             with connect(url) as connection:
                 assert alembic_versions(connection) == [HOLD_LOCK.revision]
         print(f"postgres: {waited} of {CONCURRENT_UPGRADES - 1} others waited")
@@ -450,13 +448,12 @@ def test_concurrent_postgres_upgrades_apply_each_revision_once(
 
 
 def fill_released_tables(url: URL) -> None:
-    """Rows in every released table: the per-revision rows plus a few hundred jobs."""
+    """The tests' rows of each table at head (tests/revision_data.py), and a few hundred jobs."""
     with connect(url) as connection:
         metadata = sa.MetaData()
-        for tables in AT_REVISION_DATA.values():
-            for name, rows in tables.items():
-                table = sa.Table(name, metadata, autoload_with=connection)
-                connection.execute(table.insert(), rows)
+        for name in sorted(TABLE_ROWS.keys() & set(app_tables(connection))):
+            table = sa.Table(name, metadata, autoload_with=connection)
+            connection.execute(table.insert(), TABLE_ROWS[name])
         connection.commit()
     if url.get_backend_name() == "sqlite":
         insert_jobs_sqlite(Path(url.database), 300)

@@ -42,10 +42,9 @@ from sqlalchemy.engine import URL
 
 from app.migration.guarded_run import upgrade_database
 from app.migration.sqlite_files import migration_lock_path, service_lock_path
+from tests.chain import BASELINE, HEAD
 from tests.conftest import settings_for
 from tests.legacy_data import (
-    BASELINE,
-    HEAD,
     REPO_ROOT,
     command_environment,
     failure_line,

@@ -1,6 +1,7 @@
 """The migration history: a row per revision applied, reverted or stamped, and per adoption."""
 
 import hashlib
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +16,15 @@ from app.migration.errors import MigrationError
 from app.migration.guarded_run import upgrade_database
 from app.migration.journal import read_history
 from app.migration.revisions import alembic_config, script_directory
-from tests.faults import HEAD, InjectedRevision, copy_project, inject_revisions
-from tests.legacy_data import BASELINE
+from tests.chain import (
+    BASELINE,
+    CHAIN,
+    HEAD,
+    InjectedRevision,
+    after,
+    copy_project,
+    plant_revisions,
+)
 
 
 def history_of(settings: Settings) -> list[tuple[str, str]]:
@@ -31,6 +39,10 @@ def moves(settings: Settings) -> list[tuple[str, str]]:
     return [(row.revision, row.direction) for row in history_of(settings)]
 
 
+def upgrades(revisions: Iterable[str]) -> list[tuple[str, str]]:
+    return [(revision, "upgrade") for revision in revisions]
+
+
 def file_sha256(revision: str) -> str:
     path = script_directory().get_revision(revision).path
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -42,10 +54,7 @@ def test_each_applied_revision_gets_a_row(settings: Settings) -> None:
 
     rows = history_of(settings)
 
-    assert [(row.revision, row.direction) for row in rows] == [
-        (BASELINE, "upgrade"),
-        (HEAD, "upgrade"),
-    ]
+    assert [(row.revision, row.direction) for row in rows] == upgrades(CHAIN)
     for row in rows:
         applied_at = datetime.fromisoformat(row.applied_at)
         assert applied_at.utcoffset() == timedelta(0)
@@ -60,14 +69,13 @@ def test_history_records_each_move_until_a_downgrade_reaches_base(settings: Sett
     command.upgrade(config, "head")
     command.downgrade(config, "-1")
     command.stamp(config, HEAD)
-    command.stamp(config, BASELINE)
+    command.stamp(config, CHAIN[-2])
 
     assert moves(settings) == [
-        (BASELINE, "upgrade"),
-        (HEAD, "upgrade"),
+        *upgrades(CHAIN),
         (HEAD, "downgrade"),
         (HEAD, "stamp"),
-        (BASELINE, "stamp"),
+        (CHAIN[-2], "stamp"),
     ]
 
 
@@ -83,7 +91,7 @@ def test_downgrade_to_base_leaves_only_alembic_version(settings: Settings) -> No
     command.upgrade(config, "head")
     command.check(config)
 
-    assert moves(settings) == [(BASELINE, "upgrade"), (HEAD, "upgrade")]
+    assert moves(settings) == upgrades(CHAIN)
 
 
 def test_adoption_gets_a_row(tmp_path: Path) -> None:
@@ -98,7 +106,7 @@ def test_adoption_gets_a_row(tmp_path: Path) -> None:
 
     upgrade_database(settings)
 
-    assert moves(settings) == [(BASELINE, "adopt"), (HEAD, "upgrade")]
+    assert moves(settings) == [(BASELINE, "adopt"), *upgrades(after(BASELINE))]
 
 
 def test_a_failed_run_writes_no_row(settings: Settings, tmp_path: Path) -> None:
@@ -106,7 +114,7 @@ def test_a_failed_run_writes_no_row(settings: Settings, tmp_path: Path) -> None:
     before = history_of(settings)
     project = copy_project(tmp_path / "project")
     body = "    op.execute(sa.text('SELECT 1'))\n    raise RuntimeError('this revision fails')"
-    inject_revisions(project, [InjectedRevision("badbadbadbad", HEAD, "Failing", body)])
+    plant_revisions(project, [InjectedRevision("badbadbadbad", "Failing", body)])
     config = Config(str(project / "alembic.ini"))
     config.set_main_option("script_location", str(project / "migrations"))
     config.attributes.update(settings=settings, skip_logging_setup=True)

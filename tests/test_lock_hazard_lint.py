@@ -23,7 +23,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
 from app.migration.authoring.lint import lint_revisions
-from tests.test_autogenerate import Project, copy_project, edit_models
+from tests.chain import copy_project
+from tests.test_autogenerate import Project, edit_models
 
 JOB_MESSAGE = "    message: str | None = None\n"
 JOB_ETA = "    eta: int | None = None\n"

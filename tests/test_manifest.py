@@ -22,8 +22,9 @@ from app.migration.authoring.manifest import (
     release,
     update,
 )
+from app.migration.manifest import Entry
 from app.migration.revisions import PROJECT_ROOT
-from tests.faults import HEAD, InjectedRevision, inject_revisions
+from tests.chain import HEAD, InjectedRevision, plant_revisions
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
 NEW_REVISION = "0a1b2c3d4e5f"
@@ -38,9 +39,20 @@ def test_the_manifest_names_the_single_head_last() -> None:
     lines = manifest_path().read_text().splitlines()
 
     assert lines[-1] == f"head {HEAD}"
-    assert all(
-        entry.status == "released" for entry in read_manifest(manifest_path()).entries.values()
-    )
+
+
+def test_released_entries_come_first_then_drafts() -> None:
+    """A new revision is listed as a draft (the manifest hook); `release` freezes them all."""
+    statuses = [entry.status for entry in read_manifest(manifest_path()).entries.values()]
+    released = statuses.count("released")
+
+    assert released > 0
+    assert statuses == ["released"] * released + ["draft"] * (len(statuses) - released)
+
+
+def released_entries(migrations: Path) -> list[Entry]:
+    entries = read_manifest(manifest_path(migrations)).entries.values()
+    return [entry for entry in entries if entry.status == "released"]
 
 
 @pytest.fixture
@@ -50,10 +62,9 @@ def migrations(tmp_path: Path) -> Path:
     return copy
 
 
-def add_revision(migrations: Path, revision: str = NEW_REVISION, parent: str = HEAD) -> Path:
+def add_revision(migrations: Path, revision: str = NEW_REVISION) -> Path:
     body = "    op.execute(sa.text('SELECT 1'))"
-    inject_revisions(migrations.parent, [InjectedRevision(revision, parent, "Extra", body)])
-    (path,) = (migrations / "versions").glob(f"*-{revision}_*.py")
+    (path,) = plant_revisions(migrations.parent, [InjectedRevision(revision, "Extra", body)])
     return path
 
 
@@ -68,8 +79,7 @@ def edit_one_byte(path: Path, rng: random.Random) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_any_edit_of_a_released_revision_is_caught(migrations: Path, seed: int) -> None:
     rng = random.Random(seed)
-    released = sorted((migrations / "versions").glob("*.py"))
-    target = rng.choice(released)
+    target = migrations / "versions" / rng.choice(released_entries(migrations)).file_name
     edit_one_byte(target, rng)
 
     found = problems(migrations)
@@ -123,11 +133,12 @@ def test_release_freezes_drafts_and_amend_leaves_a_trace(migrations: Path) -> No
 
 
 def test_amend_refuses_an_unchanged_file_and_a_missing_reason(migrations: Path) -> None:
+    entry = released_entries(migrations)[-1]
     with pytest.raises(ManifestError, match="has not changed"):
-        amend(HEAD, "no reason to", migrations)
-    edit_one_byte(next((migrations / "versions").glob(f"*-{HEAD}_*.py")), random.Random(3))
+        amend(entry.revision, "no reason to", migrations)
+    edit_one_byte(migrations / "versions" / entry.file_name, random.Random(3))
     with pytest.raises(ManifestError, match="say why"):
-        amend(HEAD, "  ", migrations)
+        amend(entry.revision, "  ", migrations)
 
 
 def git(repo: Path, *args: str) -> subprocess.CompletedProcess:

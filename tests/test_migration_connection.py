@@ -32,9 +32,8 @@ from app.migration.guarded_run import upgrade_database
 from app.migration.locking import POSTGRES_LOCK_KEY
 from app.migration.revisions import alembic_config, current_heads
 from app.migration.sqlite_files import migration_lock_path
+from tests.chain import BASELINE, HEAD, InjectedRevision, copy_project, plant_revisions
 from tests.conftest import settings_for
-from tests.faults import InjectedRevision, copy_project, inject_revisions
-from tests.legacy_data import BASELINE, HEAD
 
 PASSWORD = "s3cret-Pw"
 
@@ -111,7 +110,7 @@ def failing_project(tmp_path: Path) -> Config:
         "    op.create_table('half_done', sa.Column('id', sa.Integer))\n"
         "    raise RuntimeError('this revision fails')"
     )
-    inject_revisions(project, [InjectedRevision("badbadbadbad", HEAD, "Failing", body)])
+    plant_revisions(project, [InjectedRevision("badbadbadbad", "Failing", body)])
     config = Config(str(project / "alembic.ini"))
     config.set_main_option("script_location", str(project / "migrations"))
     config.attributes["skip_logging_setup"] = True

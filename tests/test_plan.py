@@ -24,14 +24,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from app.migration.journal import HISTORY_TABLE
-from tests.faults import (
-    BASELINE,
-    HEAD,
-    InjectedRevision,
-    copy_project,
-    inject_revisions,
-    upgrade_environment,
-)
+from tests.chain import BASELINE, HEAD, InjectedRevision, project_with
+from tests.faults import upgrade_environment
 from tests.legacy_data import add_to_release_file, release_file
 
 RELEASES = ("v1.16.1.db", "v2.1.0.db", "v1.16.1-then-v2.1.0.db")
@@ -64,7 +58,6 @@ UNKNOWN_REVISION = "ffffffffffff"
 
 DATA_CHANGE = InjectedRevision(
     "da7a00000001",
-    HEAD,
     "Flag failed jobs, drop queued tasks, add a column, record a mapping",
     """\
     op.execute("UPDATE job SET message = 'retry later' WHERE status = 'failed'")
@@ -80,7 +73,6 @@ DATA_CHANGE = InjectedRevision(
 )
 OUTSIDE_TRANSACTION = InjectedRevision(
     "c0cc00000001",
-    HEAD,
     "Index job.status concurrently",
     """\
     with op.get_context().autocommit_block():
@@ -263,16 +255,6 @@ def copy_release(name: str, data_dir: Path) -> Path:
     shutil.copyfile(release_file(name), target)
     target.chmod(0o640)
     return target
-
-
-@pytest.fixture
-def project_with(tmp_path: Path):
-    def make(*revisions: InjectedRevision) -> Path:
-        project = copy_project(tmp_path / "project")
-        inject_revisions(project, revisions)
-        return project
-
-    return make
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -505,9 +487,9 @@ def test_newer_database_is_refused_in_the_upgrades_words(engine_url: URL, data_d
 
 
 def test_pending_revision_that_changes_data_is_counted_exactly(
-    engine_url: URL, data_dir: Path, project_with
+    engine_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
-    project, env = at_head_with(engine_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(engine_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     columns = ["status", "message", "progress", "updated_at"]
     jobs_before = rows_by_key(engine_url, "job", "id", columns)
 
@@ -533,9 +515,9 @@ def test_pending_revision_that_changes_data_is_counted_exactly(
     assert applied_revisions(engine_url)[-1] == DATA_CHANGE.revision
 
 
-def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path, project_with):
+def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path, tmp_path: Path):
     at_revision(engine_url, data_dir, "head")
-    project = project_with(DATA_CHANGE)
+    project = project_with(tmp_path, [DATA_CHANGE])
     _, planned = plan(project, upgrade_environment(project, engine_url, data_dir))
     assert set(planned) == PLAN_KEYS
     assert planned["format"] == 1
@@ -551,9 +533,9 @@ def test_plan_json_keys_are_the_documented_ones(engine_url: URL, data_dir: Path,
 
 
 def test_postgres_plan_lists_the_locks_and_says_so_first(
-    postgres_url: URL, data_dir: Path, project_with
+    postgres_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
-    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     result = plan_text(project, env)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("Rehearsing the upgrade on the live PostgreSQL database")
@@ -579,9 +561,11 @@ def test_postgres_unversioned_database_is_adopted_in_the_plan_as_in_the_upgrade(
 
 
 def test_revision_outside_a_transaction_is_not_rehearsed_and_nothing_changes(
-    postgres_url: URL, data_dir: Path, project_with
+    postgres_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
-    project, env = at_head_with(postgres_url, data_dir, project_with(OUTSIDE_TRANSACTION))
+    project, env = at_head_with(
+        postgres_url, data_dir, project_with(tmp_path, [OUTSIDE_TRANSACTION])
+    )
     code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["not_rehearsed"] == [OUTSIDE_TRANSACTION.revision]
@@ -615,10 +599,10 @@ def test_service_can_keep_writing_while_sqlite_is_planned(data_dir: Path) -> Non
 
 
 def test_invalid_index_cleanup_is_not_run_by_the_plan(
-    postgres_url: URL, data_dir: Path, project_with
+    postgres_url: URL, data_dir: Path, tmp_path: Path
 ) -> None:
     """The upgrade drops an index a failed concurrent build left, outside a transaction."""
-    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     engine = engine_for(postgres_url).execution_options(isolation_level="AUTOCOMMIT")
     with engine.connect() as connection, pytest.raises(sa.exc.IntegrityError):
         connection.execute(sa.text("CREATE UNIQUE INDEX CONCURRENTLY ix_broken ON job (status)"))
@@ -628,9 +612,9 @@ def test_invalid_index_cleanup_is_not_run_by_the_plan(
     assert planned["pending"] == [DATA_CHANGE.revision]
 
 
-def test_a_retried_attempt_is_planned_once(postgres_url: URL, data_dir: Path, project_with):
+def test_a_retried_attempt_is_planned_once(postgres_url: URL, data_dir: Path, tmp_path: Path):
     """A lock_timeout rolls the attempt back and the run starts again: the plan shows one run."""
-    project, env = at_head_with(postgres_url, data_dir, project_with(DATA_CHANGE))
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
     _, quiet = plan(project, env)
     engine = engine_for(postgres_url)
     with engine.connect() as holder:

@@ -26,16 +26,9 @@ from app.migration.errors import MigrationError
 from app.migration.journal import read_history
 from app.migration.locking import POSTGRES_LOCK_KEY
 from app.migration.revisions import current_heads
+from tests.chain import HEAD, InjectedRevision, project_with
 from tests.conftest import settings_for
-from tests.faults import (
-    HEAD,
-    InjectedRevision,
-    copy_project,
-    finish,
-    inject_revisions,
-    start_upgrade,
-    upgrade_environment,
-)
+from tests.faults import finish, start_upgrade, upgrade_environment
 
 INDEX_REVISION = "c0cc0c0c0001"
 PROBE_TABLE = "autocommit_probe"
@@ -50,7 +43,6 @@ CREATE_INDEX_CONCURRENTLY = """\
         )"""
 CONCURRENT_INDEX = InjectedRevision(
     INDEX_REVISION,
-    HEAD,
     "Index jobs by site concurrently",
     f"""\
     with op.get_context().autocommit_block():
@@ -84,12 +76,6 @@ def scratch_config(project: Path, settings: Settings, connection=None) -> Config
     if connection is not None:
         config.attributes["connection"] = connection
     return config
-
-
-def project_with(tmp_path: Path, revisions: list[InjectedRevision]) -> Path:
-    project = copy_project(tmp_path / "project")
-    inject_revisions(project, revisions)
-    return project
 
 
 @contextmanager
@@ -236,7 +222,6 @@ def sqlite_index_revision(after_block: str) -> InjectedRevision:
     """A table before the block, an index inside it (CONCURRENTLY is PostgreSQL's), then more."""
     return InjectedRevision(
         "c0cc0c0c0002",
-        HEAD,
         "Index jobs by site",
         f"""\
     op.create_table(
@@ -286,7 +271,6 @@ def test_autocommit_block_on_sqlite_runs_as_alembic_defines_it(
 
 ADD_PRIORITY = InjectedRevision(
     "10c4ed000001",
-    HEAD,
     "Give jobs a priority",
     '    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True))',
     '    op.drop_column("job", "priority")',
@@ -388,7 +372,7 @@ def test_lock_timeout_gives_up_after_the_retries_with_one_line(
 def test_statement_timeout_setting_stops_a_long_statement(
     postgres_url: URL, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    slow = InjectedRevision("5105ed000001", HEAD, "Slow", '    op.execute("SELECT pg_sleep(5)")')
+    slow = InjectedRevision("5105ed000001", "Slow", '    op.execute("SELECT pg_sleep(5)")')
     config = upgraded_to_released_head(
         postgres_url, tmp_path, [slow], DB_MIGRATION_STATEMENT_TIMEOUT="1"
     )
@@ -407,7 +391,6 @@ def test_statement_timeout_setting_stops_a_long_statement(
 
 SITES_TABLE = InjectedRevision(
     "5175e5000001",
-    HEAD,
     "Sites, with a duplicate",
     """\
     op.create_table(
@@ -428,10 +411,10 @@ def unique_site_names(*, concurrently: bool) -> InjectedRevision:
         create = "    with op.get_context().autocommit_block():\n" + textwrap.indent(create, "    ")
     return InjectedRevision(
         "5175e5000002",
-        SITES_TABLE.revision,
         "Unique site names",
         create,
         '    op.drop_index("uq_site_name", table_name="site")',
+        down_revision=SITES_TABLE.revision,
     )
 
 

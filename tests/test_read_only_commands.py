@@ -26,8 +26,9 @@ from app.migration.journal import history_table
 from app.migration.locking import POSTGRES_LOCK_KEY
 from app.migration.revisions import alembic_config, plan_run, script_directory
 from app.migration.sqlite_files import migration_lock_path
+from tests.chain import BASELINE, HEAD
 from tests.conftest import settings_for
-from tests.legacy_data import BASELINE, HEAD, VENV_BIN, command_environment, run_command
+from tests.legacy_data import VENV_BIN, command_environment, run_command
 
 UNKNOWN_REVISION = "ffffffffffff"
 READ_ONLY_COMMANDS = {

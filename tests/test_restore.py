@@ -19,9 +19,9 @@ from app.migration.guarded_run import upgrade_database
 from app.migration.locking import sqlite_upgrade_lock
 from app.migration.restore import restore_backup, set_aside
 from app.migration.revisions import script_directory
+from tests.chain import BASELINE
 from tests.conftest import settings_for
 from tests.legacy_data import (
-    BASELINE,
     MULTI_SITE,
     RELEASE_FILES,
     REPO_ROOT,

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from tests.chain import HEAD
 from tests.container_engine import Engine, build_image_with_revisions
 from tests.containers import Container, Containers, request_json
 from tests.expand_contract import (
@@ -40,7 +41,6 @@ from tests.expand_contract import (
     revision_file,
     upgrades_recorded,
 )
-from tests.legacy_data import HEAD
 
 pytestmark = [pytest.mark.container, pytest.mark.postgres]
 

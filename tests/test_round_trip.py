@@ -1,7 +1,9 @@
-"""base -> head -> base -> head with rows, on SQLite and PostgreSQL.
+"""base -> head -> base -> head with rows, one revision at a time, on SQLite and PostgreSQL.
 
-Each revision's rows (tests/revision_data.py) are written when the database
-reaches that revision; every later step that keeps a table must keep its rows.
+The chain is read from the script directory. Each table's rows
+(tests/revision_data.py) are written when the revision that creates it has run;
+every later step that keeps a table must keep its rows, and a second climb
+from base must give the same rows as the first.
 """
 
 import sqlalchemy as sa
@@ -9,67 +11,99 @@ from alembic import command
 
 from app.config import Settings
 from app.engine import make_engine
-from app.migration.adoption.schema_shape import IGNORED_TABLES
+from app.migration.adoption.schema_shape import app_tables
 from app.migration.guarded_run import database_revision
-from app.migration.revisions import alembic_config, script_directory
-from tests.revision_data import AT_REVISION_DATA, BASELINE, STRM_URL_MAPPING
+from app.migration.revisions import alembic_config
+from tests.chain import CHAIN, tables_created_by
+from tests.revision_data import TABLE_ROWS, rows_at, seed_rows_request
+from tests.row_dump import digest
+
+Rows = dict[str, dict[str, list[tuple]]]
+"""Table -> column -> that column's values over the table's rows, in row order."""
 
 
 def migrate(settings: Settings, direction: str, revision: str) -> None:
     getattr(command, direction)(alembic_config(settings=settings), revision)
 
 
-def insert_revision_rows(engine: sa.Engine, revision: str) -> None:
+def insert_rows(engine: sa.Engine, tables: dict[str, list[dict]]) -> None:
     with engine.begin() as connection:
-        for table_name, rows in AT_REVISION_DATA[revision].items():
+        for table_name, rows in tables.items():
             table = sa.Table(table_name, sa.MetaData(), autoload_with=connection)
             connection.execute(table.insert(), rows)
 
 
-def table_rows(engine: sa.Engine, table_name: str) -> list[tuple]:
+def all_rows(engine: sa.Engine) -> Rows:
+    """Every app table's rows, by column, in primary key order."""
+    found = {}
     with engine.connect() as connection:
-        table = sa.Table(table_name, sa.MetaData(), autoload_with=connection)
-        return sorted(connection.execute(sa.select(table)).all())
+        for name in app_tables(connection):
+            table = sa.Table(name, sa.MetaData(), autoload_with=connection)
+            key = list(table.primary_key.columns) or list(table.columns)
+            rows = connection.execute(sa.select(table).order_by(*key)).mappings().all()
+            found[name] = {column.name: [row[column.name] for row in rows] for column in table.c}
+    return found
 
 
-def app_tables(engine: sa.Engine) -> set[str]:
-    return set(sa.inspect(engine).get_table_names()) - IGNORED_TABLES
+def lost_rows(before: Rows, after: Rows, step: str) -> list[str]:
+    """What `step` changed in the columns it kept of the tables it kept, with counts and digests."""
+    changed = []
+    for table in before.keys() & after.keys():
+        for column in before[table].keys() & after[table].keys():
+            old, new = before[table][column], after[table][column]
+            if old != new:
+                changed.append(
+                    f"{step}: {table}.{column} had {len(old)} values (digest {digest(old)}),"
+                    f" now {len(new)} (digest {digest(new)})"
+                )
+    return changed
 
 
-def test_the_revision_chain_is_what_this_test_walks() -> None:
-    chain = [rev.revision for rev in script_directory().walk_revisions("base", "heads")]
-    assert chain[::-1] == [BASELINE, STRM_URL_MAPPING]
+def climb(settings: Settings, engine: sa.Engine) -> Rows:
+    """base -> head one revision at a time, writing each new table's rows; the rows at head."""
+    rows = all_rows(engine)
+    for revision in CHAIN:
+        migrate(settings, "upgrade", revision)
+        now = all_rows(engine)
+        assert not lost_rows(rows, now, f"upgrade to {revision}")
+        insert_rows(engine, rows_at(revision))
+        rows = all_rows(engine)
+    return rows
+
+
+def descend(settings: Settings, engine: sa.Engine, rows: Rows) -> None:
+    """head -> base one revision at a time; each step keeps the rows of the tables it keeps."""
+    for revision in reversed(CHAIN):
+        migrate(settings, "downgrade", "-1")
+        now = all_rows(engine)
+        assert not lost_rows(rows, now, f"downgrade of {revision}")
+        rows = now
+
+
+def test_every_table_at_head_has_rows_to_migrate() -> None:
+    created = {
+        table: revision for revision, tables in tables_created_by().items() for table in tables
+    }
+    missing = [
+        seed_rows_request(table, revision)
+        for table, revision in created.items()
+        if table not in TABLE_ROWS
+    ]
+    assert not missing, "\n".join(missing)
 
 
 def test_rows_survive_base_head_base_head(settings: Settings) -> None:
     engine = make_engine(settings.database_url)
     try:
-        migrate(settings, "upgrade", BASELINE)
-        insert_revision_rows(engine, BASELINE)
-        released = {table: table_rows(engine, table) for table in AT_REVISION_DATA[BASELINE]}
-        assert all(len(rows) == 1 for rows in released.values())
+        at_head = climb(settings, engine)
+        empty = [table for table, columns in at_head.items() if not next(iter(columns.values()))]
+        assert not empty, f"tables without rows at head: {empty}"
 
-        migrate(settings, "upgrade", "head")
-        insert_revision_rows(engine, STRM_URL_MAPPING)
-        strm_rows = table_rows(engine, "strm_url_mapping")
-        assert {table: table_rows(engine, table) for table in released} == released
-
-        migrate(settings, "downgrade", BASELINE)
-        assert "strm_url_mapping" not in app_tables(engine)
-        assert {table: table_rows(engine, table) for table in released} == released
-
-        migrate(settings, "upgrade", "head")
-        assert {table: table_rows(engine, table) for table in released} == released
-        assert table_rows(engine, "strm_url_mapping") == []
-        insert_revision_rows(engine, STRM_URL_MAPPING)
-        assert table_rows(engine, "strm_url_mapping") == strm_rows
-
-        migrate(settings, "downgrade", "base")
-        assert app_tables(engine) == set()
+        descend(settings, engine, at_head)
+        assert all_rows(engine) == {}
         assert database_revision(settings) == ()
 
-        migrate(settings, "upgrade", "head")
-        assert database_revision(settings) == (STRM_URL_MAPPING,)
-        assert all(table_rows(engine, table) == [] for table in app_tables(engine))
+        assert climb(settings, engine) == at_head
+        assert database_revision(settings) == (CHAIN[-1],)
     finally:
         engine.dispose()

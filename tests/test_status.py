@@ -19,10 +19,9 @@ from app.migration.guarded_run import upgrade_database
 from app.migration.journal import history_table
 from app.migration.revisions import alembic_config
 from app.migration.status import database_status, render
+from tests.chain import BASELINE, CHAIN, HEAD, after
 from tests.conftest import settings_for
 from tests.legacy_data import (
-    BASELINE,
-    HEAD,
     MULTI_SITE,
     RELEASE_FILES,
     VENV_BIN,
@@ -63,7 +62,7 @@ def test_empty_database(settings: Settings) -> None:
 
     assert KEYS | {"upgrade_running"} <= report.keys()
     assert (report["state"], report["current"], report["heads"]) == ("empty", [], [HEAD])
-    assert report["pending"] == [BASELINE, HEAD]
+    assert report["pending"] == list(CHAIN)
     assert (report["history"], report["edited"], report["upgrade_running"]) == ([], [], False)
 
 
@@ -73,14 +72,17 @@ def test_at_head_then_pending_then_newer(settings: Settings) -> None:
     assert (report["state"], report["current"], report["pending"]) == ("at_head", [HEAD], [])
     assert report["drift"] == []
     assert [(row["revision"], row["direction"]) for row in report["history"]] == [
-        (BASELINE, "upgrade"),
-        (HEAD, "upgrade"),
+        (revision, "upgrade") for revision in CHAIN
     ]
     assert all(row["applied_at"].endswith("+00:00") for row in report["history"])
 
     stamp(settings, BASELINE)
     report, _ = status_json(settings)
-    assert (report["state"], report["pending"], report["drift"]) == ("pending", [HEAD], None)
+    assert (report["state"], report["pending"], report["drift"]) == (
+        "pending",
+        after(BASELINE),
+        None,
+    )
 
     stamp(settings, "ffffffffffff")
     report, _ = status_json(settings)
@@ -96,7 +98,7 @@ def test_unversioned_sqlite_database_is_reported_untouched(tmp_path: Path) -> No
 
     report, _ = status_json(settings)
 
-    assert (report["state"], report["pending"]) == ("unversioned", [BASELINE, HEAD])
+    assert (report["state"], report["pending"]) == ("unversioned", list(CHAIN))
     assert sha256_of(database) == checksum
     assert sorted(path.name for path in tmp_path.iterdir()) == ["anibridge_jobs.db"]
 
@@ -132,13 +134,13 @@ def test_edited_revision_and_drift_are_named(settings: Settings) -> None:
             .where(history_table.c.revision == BASELINE)
             .values(checksum="0" * 64)
         )
-        connection.execute(sa.text("ALTER TABLE job ADD COLUMN note VARCHAR"))
+        connection.execute(sa.text("ALTER TABLE job ADD COLUMN not_in_the_models VARCHAR"))
     engine.dispose()
 
     report = database_status(settings, metadata)
 
     assert report.edited == [BASELINE]
-    assert report.drift == ["column job.note is in the database but not in the models"]
+    assert report.drift == ["column job.not_in_the_models is in the database but not in the models"]
 
 
 def test_backups_are_listed_with_their_revision(tmp_path: Path) -> None:
@@ -151,7 +153,7 @@ def test_backups_are_listed_with_their_revision(tmp_path: Path) -> None:
 
     backups = database_status(settings).backups
 
-    assert [backup["revision"] for backup in backups] == [HEAD, BASELINE]
+    assert [backup["revision"] for backup in backups] == [HEAD, CHAIN[-2]]
     for backup in backups:
         assert backup["bytes"] == Path(backup["path"]).stat().st_size > 0
         assert backup["created"].endswith("+00:00")

@@ -16,9 +16,9 @@ from sqlalchemy.engine import URL
 from app.engine import make_engine
 from app.migration.errors import DatabaseNewerThanCodeError
 from app.migration.guarded_run import upgrade_database
+from tests.chain import BASELINE
 from tests.conftest import settings_for
 from tests.legacy_data import (
-    BASELINE,
     alembic_upgrade_head,
     command_environment,
     failure_line,

@@ -22,7 +22,7 @@ only if missing, an index an interrupted build left (INVALID, and unused by
 queries) is dropped and built again, and the fill writes the same values again.
 
 Revision ID: e5a7d1000001
-Revises: bd4dbe993fef
+Revises: the head it is planted on (tests/chain.py, plant_revisions)
 Create Date: 2026-12-03 14:00:00+00:00
 
 """
@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "e5a7d1000001"
-down_revision: str | Sequence[str] | None = "bd4dbe993fef"
+down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
