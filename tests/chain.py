@@ -38,15 +38,10 @@ UNPLANTED_DOWN_REVISION = re.compile(r"^(down_revision\b.*=\s*)None$", re.MULTIL
 UNPLANTED_REVISES = re.compile(r"^Revises:.*$", re.MULTILINE)
 
 
-def chain_of(script: ScriptDirectory) -> tuple[str, ...]:
-    """Every revision from base to head, in upgrade order."""
-    return tuple(reversed([rev.revision for rev in script.walk_revisions("base", "heads")]))
-
-
 SCRIPT = script_directory()
 BASELINE = baseline_revision(SCRIPT)
 HEAD = SCRIPT.get_current_head()
-CHAIN = chain_of(SCRIPT)
+CHAIN = tuple(reversed([rev.revision for rev in SCRIPT.walk_revisions("base", "heads")]))
 """base -> head: CHAIN[0] is BASELINE, CHAIN[-1] is HEAD."""
 
 

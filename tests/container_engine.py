@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.chain import InjectedRevision, copy_project, plant_revisions
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 STAND_IN_BASE = REPO_ROOT / "docker" / "stand-in-base.sh"
@@ -178,9 +180,17 @@ def build_app_image(engine: Engine, tag: str = APP_IMAGE) -> str:
 
 
 def build_image_with_revisions(
-    engine: Engine, image: str, revision_files: Sequence[Path], tag: str, *, listed: bool
+    engine: Engine,
+    image: str,
+    revisions: Sequence[InjectedRevision | Path],
+    tag: str,
+    *,
+    listed: bool,
 ) -> str:
-    """`image` with `revision_files` added to /app/migrations/versions; returns `tag`.
+    """`image` with `revisions` added to /app/migrations/versions after its head; returns `tag`.
+
+    They are planted (tests/chain.py) in a copy of this checkout, the one the
+    image is built from, and the files written there are added to the image.
 
     `listed`: the image's manifest is updated to list them, as a release's is (the
     suite fails a checkout whose manifest is stale). Unlisted, the start-up check
@@ -190,8 +200,11 @@ def build_image_with_revisions(
     if listed:
         steps.append("RUN python -m app.migration.authoring.manifest update")
     steps.append("RUN python -m compileall -q /app/migrations")
-    with tempfile.TemporaryDirectory(prefix="anibridge-image-") as context:
-        for path in revision_files:
+    with (
+        tempfile.TemporaryDirectory(prefix="anibridge-image-") as context,
+        tempfile.TemporaryDirectory(prefix="anibridge-project-") as scratch,
+    ):
+        for path in plant_revisions(copy_project(Path(scratch)), revisions):
             shutil.copy2(path, Path(context) / path.name)
         (Path(context) / "Dockerfile").write_text("\n".join(steps) + "\n")
         engine.docker("build", "--network=host", f"--tag={tag}", context, timeout=300)

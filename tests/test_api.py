@@ -23,9 +23,9 @@ from app.main import create_app
 from app.migration.errors import MigrationError
 from app.migration.guarded_run import database_revision, upgrade_database
 from app.migration.revisions import script_directory
+from tests.chain import BASELINE
 from tests.conftest import settings_for
 
-BASELINE = "5cb5dab892ec"
 SETTINGS_VARIABLES = (
     "DATABASE_URL",
     "DB_MIGRATE_ON_STARTUP",

@@ -20,7 +20,7 @@ from app.engine import make_engine
 from app.migration import progress
 from app.migration.guarded_run import upgrade_database
 from app.migration.progress import RevisionHeartbeat, StepClock
-from tests.chain import InjectedRevision, copy_project, plant_revisions
+from tests.chain import HEAD, InjectedRevision, copy_project, plant_revisions
 from tests.conftest import settings_for
 from tests.legacy_data import VENV_BIN, anibridge, command_environment, run_command
 
@@ -105,10 +105,11 @@ def slow_project(tmp_path: Path, seconds: float) -> Config:
 def test_a_long_revision_logs_until_it_ends(
     settings: Settings, tmp_path: Path, monkeypatch, caplog
 ) -> None:
-    monkeypatch.setattr(progress, "HEARTBEAT_EVERY_S", 0.25)
-    caplog.set_level(logging.INFO)
     config = slow_project(tmp_path, 0.9)
     config.attributes.update(settings=settings, skip_models=True, skip_logging_setup=True)
+    command.upgrade(config, HEAD)
+    monkeypatch.setattr(progress, "HEARTBEAT_EVERY_S", 0.25)
+    caplog.set_level(logging.INFO)
 
     command.upgrade(config, "head")
 

@@ -22,10 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from app.config import DATABASE_FILE_NAME
-from tests.chain import BASELINE, HEAD
+from tests.chain import BASELINE, CHAIN, HEAD, InjectedRevision, after, running_upgrade_lines
 from tests.container_engine import Engine, build_image_with_revisions
 from tests.containers import HEALTH_TIMEOUT_S, Container, Containers, request_json
-from tests.faults import NO_DOWNGRADE, REVISION_TEMPLATE
 from tests.legacy_data import (
     LEGACY_SITE,
     LEGACY_TABLES,
@@ -128,7 +127,7 @@ def test_status_in_the_running_container_reads_without_leaving_root_files(
         [HEAD],
         False,
     )
-    assert [row["direction"] for row in report["history"]] == ["upgrade", "upgrade"]
+    assert [row["direction"] for row in report["history"]] == ["upgrade"] * len(CHAIN)
     assert "state:            at head" in human
     assert root_owned == ""
 
@@ -239,7 +238,7 @@ def test_one_upgrade_per_start_and_none_by_the_service(containers: Containers) -
 
     first_logs, second_logs = first.logs(), second.logs()
     assert first_logs.count("upgrading the database schema: alembic upgrade head") == 1
-    assert first_logs.count(f"Running upgrade {BASELINE} -> {HEAD}") == 1
+    assert all(first_logs.count(line) == 1 for line in running_upgrade_lines(BASELINE))
     for service_logs in (logs_after_start(first_logs), logs_after_start(second_logs)):
         assert "Running upgrade" not in service_logs
         assert "Database is up to date" not in service_logs
@@ -365,20 +364,9 @@ def failing_image(engine: Engine, image: str, tmp_path_factory: pytest.TempPathF
         '    op.add_column("job", sa.Column("doomed", sa.Integer(), nullable=True))\n'
         '    op.execute("SELECT * FROM table_that_does_not_exist")'
     )
-    revision_file = tmp_path_factory.mktemp("failing-revision") / (
-        f"2099_01_01_0000-{FAILING_REVISION}_fails_on_purpose.py"
-    )
-    revision_file.write_text(
-        REVISION_TEMPLATE.format(
-            message="Fails on purpose (container tests)",
-            revision=FAILING_REVISION,
-            down_revision=HEAD,
-            upgrade=body,
-            downgrade=NO_DOWNGRADE,
-        )
-    )
+    failing = InjectedRevision(FAILING_REVISION, "Fails on purpose (container tests)", body)
     tag = f"{image}-failing-revision"
-    return build_image_with_revisions(engine, image, [revision_file], tag, listed=False)
+    return build_image_with_revisions(engine, image, [failing], tag, listed=False)
 
 
 def backups_of(data_dir: Path) -> dict[str, str]:
@@ -508,7 +496,11 @@ def test_plan_in_the_image_on_each_release_file_changes_nothing(
     assert text.stdout.startswith("An upgrade would adopt this database made before migrations")
     assert "Traceback" not in text.stderr + report.stderr
     planned = json.loads(report.stdout)
-    assert (report.returncode, planned["outcome"], planned["pending"]) == (2, "upgrade", [HEAD])
+    assert (report.returncode, planned["outcome"], planned["pending"]) == (
+        2,
+        "upgrade",
+        after(BASELINE),
+    )
     assert planned["adopts"]["revision"] == BASELINE
     assert (sha256_of(database), database.stat().st_mode, database.stat().st_mtime_ns) == before
     left = {path.name for path in data_dir.iterdir()} - {"downloads"}  # the entrypoint's folder

@@ -32,7 +32,7 @@ import pytest
 
 from app.config import DATABASE_FILE_NAME, load_settings
 from app.migration.guarded_run import upgrade_database
-from app.migration.revisions import script_directory
+from tests.chain import BASELINE, HEAD, copy_project
 from tests.legacy_data import (
     RELEASE_CHECKSUMS,
     RELEASE_FILES,
@@ -51,7 +51,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO_ROOT / "docker" / "entrypoint.sh"
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = REPO_ROOT / "docker" / "compose.yaml"
-BASELINE = "5cb5dab892ec"
 UNKNOWN_REVISION = "ffffffffffff"
 ALEMBIC_FAILURE_STATUS = 255  # the `alembic` command line's exit status for a CommandError
 APP_USER = "abtest_user"
@@ -122,12 +121,7 @@ def shared_root() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def app_dir(shared_root: Path) -> Path:
     """What the image has in /app: the package, the migrations and alembic.ini."""
-    target = shared_root / "app"
-    ignore = shutil.ignore_patterns("__pycache__")
-    for folder in ("app", "migrations"):
-        shutil.copytree(REPO_ROOT / folder, target / folder, ignore=ignore)
-    shutil.copy2(REPO_ROOT / "alembic.ini", target / "alembic.ini")
-    return target
+    return copy_project(shared_root / "app")
 
 
 def runs_as_app_user(gosu: str, python: str) -> bool:
@@ -236,12 +230,8 @@ def execute(database: Path, sql: str, *params: str) -> None:
         connection.close()
 
 
-def head_revision() -> str:
-    return script_directory().get_current_head()
-
-
 def assert_at_head(database: Path) -> None:
-    assert query(database, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+    assert query(database, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
 def assert_owner(path: Path, uid: int = APP_UID) -> None:

@@ -35,9 +35,8 @@ from app.migration.guarded_run import database_revision, upgrade_database
 from app.migration.locking import POSTGRES_LOCK_KEY
 from app.migration.manifest import MIGRATIONS_DIR, manifest_path
 from app.migration.revisions import script_directory
+from tests.chain import BASELINE, HEAD, InjectedRevision, plant_revisions
 from tests.conftest import REPO_ROOT, settings_for
-
-BASELINE = "5cb5dab892ec"
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +65,6 @@ def migrations(tmp_path: Path) -> Path:
     return Path(shutil.copytree(MIGRATIONS_DIR, tmp_path / "migrations", ignore=ignore))
 
 
-def project_head() -> str:
-    (head,) = script_directory().get_heads()
-    return head
-
-
 def revision_file(migrations: Path, revision: str) -> Path:
     (path,) = (migrations / "versions").glob(f"*-{revision}_*.py")
     return path
@@ -90,7 +84,7 @@ def digest(path: Path) -> str:
 
 
 def test_the_manifests_head_is_alembics_single_head() -> None:
-    assert vouched_head() == project_head()
+    assert vouched_head() == HEAD
     assert Path(script_directory().versions) == MIGRATIONS_DIR / "versions"
 
 
@@ -102,13 +96,11 @@ def test_alembic_ini_keeps_the_layout_the_check_reads() -> None:
 
 
 def add_revision_after_head(migrations: Path) -> None:
-    (migrations / "versions" / "2099_01_01_0000-ffff00000001_next.py").write_text(
-        f'revision = "ffff00000001"\ndown_revision = "{project_head()}"\n'
-    )
+    plant_revisions(migrations.parent, [InjectedRevision("ffff00000001", "Next", "    pass")])
 
 
 def remove_a_listed_file(migrations: Path) -> None:
-    revision_file(migrations, project_head()).unlink()
+    revision_file(migrations, HEAD).unlink()
 
 
 def edit_a_listed_file(migrations: Path) -> None:
@@ -141,8 +133,8 @@ STALE = {
     "listed file edited": edit_a_listed_file,
     "listed file renamed": rename_a_listed_file,
     "no manifest": remove_the_manifest,
-    "manifest names another head": rewrite_manifest(f"head {project_head()}", f"head {BASELINE}0"),
-    "manifest without a head": rewrite_manifest(f"head {project_head()}\n", ""),
+    "manifest names another head": rewrite_manifest(f"head {HEAD}", f"head {BASELINE}0"),
+    "manifest without a head": rewrite_manifest(f"head {HEAD}\n", ""),
     "manifest line it cannot read": rewrite_manifest("\nhead ", "\nbogus line\nhead "),
     "manifest lists a file that is not there": rewrite_manifest(
         "\nhead ", "\ndraft ffff00000009 " + "0" * 64 + " 2099_01_01_0000-ffff00000009_x.py\nhead "
@@ -156,11 +148,11 @@ def test_a_manifest_that_does_not_match_the_files_gives_no_answer(
     data_dir: Path, migrations: Path, change
 ) -> None:
     env = {"DATA_DIR": str(data_dir)}
-    assert database_at_head(env, migrations) == project_head()
+    assert database_at_head(env, migrations) == HEAD
     change(migrations)
     assert vouched_head(migrations) is None
     assert database_at_head(env, migrations) is None
-    assert not at_vouched_head([project_head()], migrations)
+    assert not at_vouched_head([HEAD], migrations)
 
 
 def test_files_alembic_skips_are_skipped(data_dir: Path, migrations: Path) -> None:
@@ -170,13 +162,13 @@ def test_files_alembic_skips_are_skipped(data_dir: Path, migrations: Path) -> No
     (versions / "notes.txt").write_text("revision = 1\n")
     (versions / "__pycache__").mkdir()
     (versions / "folder.py").mkdir()
-    assert database_at_head({"DATA_DIR": str(data_dir)}, migrations) == project_head()
+    assert database_at_head({"DATA_DIR": str(data_dir)}, migrations) == HEAD
 
 
 def test_at_head_means_the_full_upgrade_finds_nothing_to_do(data_dir: Path) -> None:
     database = data_dir / DATABASE_FILE_NAME
     before = digest(database)
-    assert database_at_head({"DATA_DIR": str(data_dir)}) == project_head()
+    assert database_at_head({"DATA_DIR": str(data_dir)}) == HEAD
 
     upgrade_database(load_settings({"DATA_DIR": str(data_dir)}))
 
@@ -194,7 +186,7 @@ def test_not_at_head_means_the_full_upgrade_has_work(tmp_path: Path) -> None:
     upgrade_database(settings)
 
     assert digest(database) != before
-    assert database_at_head({"DATA_DIR": str(tmp_path)}) == project_head()
+    assert database_at_head({"DATA_DIR": str(tmp_path)}) == HEAD
 
 
 @pytest.mark.parametrize(
@@ -232,7 +224,7 @@ def test_a_running_upgrade_is_waited_for_by_the_full_path(data_dir: Path) -> Non
         assert database_at_head({"DATA_DIR": str(data_dir)}) is None
     finally:
         os.close(lock)
-    assert database_at_head({"DATA_DIR": str(data_dir)}) == project_head()
+    assert database_at_head({"DATA_DIR": str(data_dir)}) == HEAD
 
 
 def test_missing_lock_file_or_database_is_left_to_the_full_path(data_dir: Path) -> None:
@@ -245,7 +237,7 @@ def test_missing_lock_file_or_database_is_left_to_the_full_path(data_dir: Path) 
 
 def test_the_check_writes_nothing(data_dir: Path) -> None:
     before = {path.name: path.read_bytes() for path in data_dir.iterdir()}
-    assert database_at_head({"DATA_DIR": str(data_dir)}) == project_head()
+    assert database_at_head({"DATA_DIR": str(data_dir)}) == HEAD
     assert {path.name: path.read_bytes() for path in data_dir.iterdir()} == before
 
 
@@ -337,7 +329,7 @@ def test_on_postgresql_the_service_checks_in_process_and_upgrades_only_when_need
     assert at_vouched_head(database_revision(settings))
     holder = hold_the_upgrade_lock(postgres_url)
     try:
-        assert prepare_database(settings) == project_head()
+        assert prepare_database(settings) == HEAD
         with sa.create_engine(postgres_url, poolclass=sa.pool.NullPool).begin() as connection:
             connection.execute(sa.text(f"UPDATE alembic_version SET version_num = '{BASELINE}'"))
         assert not at_vouched_head(database_revision(settings))
@@ -368,7 +360,7 @@ def test_command_prints_the_head_only_when_at_head(data_dir: Path) -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic')))\n"
     )
     at_head = run_python(code, DATA_DIR=str(data_dir))
-    assert at_head.stdout.splitlines() == [project_head(), "0", "[]"]
+    assert at_head.stdout.splitlines() == [HEAD, "0", "[]"]
     assert at_head.stderr == ""
     execute(data_dir / DATABASE_FILE_NAME, "DELETE FROM alembic_version")
     pending = run_python(code, DATA_DIR=str(data_dir))

@@ -25,6 +25,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
 
+import app.migration.patterns
 from app.config import Settings
 from app.migration.errors import MigrationError
 from app.migration.revisions import current_heads, script_directory
@@ -320,10 +321,14 @@ FILL_RANK_REVISIONS = (
 
 @pytest.mark.timeout(120)
 def test_a_fill_that_failed_part_way_continues_on_the_next_run(
-    database_url: URL, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    database_url: URL,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A duplicate rank stops the fill in its 8th batch of 100: the 7 batches before stay
-    committed, the revision unstamped; once the row is fixed, the next run fills the 300 left."""
+    committed, the revision unstamped; once the row is fixed, the next run fills the 300 left,
+    logging its progress."""
     settings = settings_for(database_url, tmp_path / "data")
     project = copy_project(tmp_path / "project")
     column, fill = FILL_RANK_REVISIONS
@@ -354,6 +359,7 @@ def test_a_fill_that_failed_part_way_continues_on_the_next_run(
         connection.commit()
 
     caplog.set_level(logging.INFO, logger="app.migration.patterns")
+    monkeypatch.setattr(app.migration.patterns, "PROGRESS_EVERY_S", 0)
     command.upgrade(config, "head")
     with plain_connection(database_url) as connection:
         assert current_heads(connection) == ("f111ed000002",)
@@ -361,7 +367,66 @@ def test_a_fill_that_failed_part_way_continues_on_the_next_run(
         scalar(database_url, "SELECT count(*) FROM job WHERE rank = CAST(progress AS INTEGER)")
         == 1000
     )
+    progress = re.findall(r"Filling job: (\d+) rows so far \(batches of 100\)", caplog.text)
+    assert progress == ["100", "200", "300"], caplog.text
     assert re.search(r"Filled job: 300 rows in ", caplog.text), caplog.text
+
+
+@pytest.mark.timeout(120)
+def test_inside_a_callers_transaction_everything_runs_in_it(
+    database_url: URL, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index built in the caller's transaction (no CONCURRENTLY), every batch of the fill
+    in it, the reason logged once; the caller's rollback takes it all back."""
+    settings = settings_for(database_url, tmp_path / "data")
+    project = copy_project(tmp_path / "project")
+    MIGRATIONS_GUIDE.plant(project)
+    config = project_config(project, settings)
+    command.upgrade(config, real_head())
+    insert_jobs(database_url, 3000)
+    caplog.set_level(logging.INFO, logger="app.migration.patterns")
+
+    with plain_connection(database_url) as connection, statements_seen() as seen:
+        transaction = connection.begin()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        filled = connection.execute(
+            sa.text(f"SELECT count(*) FROM job WHERE priority = {PRIORITY}")
+        )
+        assert filled.scalar() == 3000
+        assert current_heads(connection) == (MIGRATIONS_GUIDE.last,)
+        transaction.rollback()
+
+    assert "AUTOCOMMIT" not in {level for _statement, level in seen}
+    builds = [statement for statement, _level in seen if "CREATE INDEX" in statement]
+    assert builds == ["CREATE INDEX IF NOT EXISTS ix_job_priority ON job (priority)"]
+    assert caplog.text.count("The migration runs inside a transaction its caller opened") == 1
+    with plain_connection(database_url) as connection:
+        assert current_heads(connection) == (real_head(),)
+    assert index_state(database_url) is None
+
+
+@pytest.mark.timeout(60)
+def test_a_table_without_a_single_column_primary_key_needs_a_key(
+    database_url: URL, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path / "data")
+    project = copy_project(tmp_path / "project")
+    upgrade = (
+        "    from app.migration.patterns import fill_in_batches\n\n"
+        '    fill_in_batches("episodeavailability", set_="height = 0", where="height IS NULL")'
+    )
+    inject_revisions(project, [InjectedRevision("f111ed000003", real_head(), "Fill", upgrade)])
+
+    with pytest.raises(MigrationError) as refusal:
+        command.upgrade(project_config(project, settings), "head")
+
+    message = str(refusal.value)
+    assert "\n" not in message
+    assert "fill_in_batches('episodeavailability'): the table has no single-column primary key" in (
+        message
+    )
+    assert "pass key=" in message
 
 
 # --- offline ------------------------------------------------------------------

@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from app.migration.journal import HISTORY_TABLE
-from tests.chain import BASELINE, HEAD, InjectedRevision, project_with
+from tests.chain import BASELINE, CHAIN, HEAD, InjectedRevision, after, project_with
 from tests.faults import upgrade_environment
 from tests.legacy_data import add_to_release_file, release_file
 
@@ -318,7 +318,7 @@ def test_plan_of_a_release_file_is_what_the_upgrade_does_and_changes_nothing(
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["adopts"]["schema"] == RELEASE_SCHEMAS[release]
     assert planned["adopts"]["revision"] == BASELINE
-    assert planned["pending"] == [HEAD]
+    assert planned["pending"] == after(BASELINE)
     assert planned["backup"]["bytes"] == database.stat().st_size
     adopted = planned["steps"][0]
     assert adopted["kind"] == "adopt"
@@ -383,7 +383,7 @@ def test_missing_database_plans_the_schema_and_creates_nothing(tmp_path: Path) -
     code, planned = plan(REPO, env)
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["summary"].startswith("An upgrade would create the schema")
-    assert planned["pending"] == [BASELINE, HEAD]
+    assert planned["pending"] == list(CHAIN)
     assert planned["backup"] is None
     assert not data_dir.exists()
 
@@ -557,7 +557,7 @@ def test_postgres_unversioned_database_is_adopted_in_the_plan_as_in_the_upgrade(
     assert code == 2 and planned["adopts"]["revision"] == BASELINE
     result = upgrade(REPO, env)
     assert result.returncode == 0, result.stderr
-    assert [revision for _, revision in history(postgres_url)] == [BASELINE, HEAD]
+    assert [revision for _, revision in history(postgres_url)] == list(CHAIN)
 
 
 def test_revision_outside_a_transaction_is_not_rehearsed_and_nothing_changes(

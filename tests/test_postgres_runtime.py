@@ -203,7 +203,8 @@ def test_session_values_and_lock_are_put_back_on_a_handed_in_connection(
 def test_autocommit_block_inside_a_callers_transaction_is_one_line(
     postgres_url: URL, tmp_path: Path
 ) -> None:
-    """Alembic cannot leave a transaction it did not open; the run says so instead of asserting."""
+    """Alembic cannot leave a transaction it did not open; the run refuses the block before it
+    runs anything, naming outside_transaction() as the fix, instead of Alembic's assertion."""
     settings = settings_for(postgres_url, tmp_path / "data")
     project = project_with(tmp_path, [CONCURRENT_INDEX])
     with (
@@ -215,7 +216,10 @@ def test_autocommit_block_inside_a_callers_transaction_is_one_line(
 
     message = str(refusal.value)
     assert "\n" not in message
-    assert "autocommit_block" in message and "outside a transaction" in message
+    assert "autocommit_block()" in message and "`with outside_transaction():`" in message
+    with plain_connection(postgres_url) as connection:
+        probe_table = connection.execute(sa.text(f"SELECT to_regclass('{PROBE_TABLE}')"))
+        assert probe_table.scalar() is None
 
 
 def sqlite_index_revision(after_block: str) -> InjectedRevision:

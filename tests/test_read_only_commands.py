@@ -26,7 +26,7 @@ from app.migration.journal import history_table
 from app.migration.locking import POSTGRES_LOCK_KEY
 from app.migration.revisions import alembic_config, plan_run, script_directory
 from app.migration.sqlite_files import migration_lock_path
-from tests.chain import BASELINE, HEAD
+from tests.chain import BASELINE, CHAIN, HEAD, after
 from tests.conftest import settings_for
 from tests.legacy_data import VENV_BIN, command_environment, run_command
 
@@ -166,13 +166,13 @@ def test_writing_and_reading_runs_are_told_apart(settings: Settings) -> None:
 @pytest.mark.parametrize(
     ("current", "destination", "direction", "revisions"),
     [
-        ((), "head", "upgrade", (BASELINE, HEAD)),
-        ((), (HEAD,), "upgrade", (BASELINE, HEAD)),
-        ((BASELINE,), "head", "upgrade", (HEAD,)),
+        ((), "head", "upgrade", CHAIN),
+        ((), (HEAD,), "upgrade", CHAIN),
+        ((BASELINE,), "head", "upgrade", tuple(after(BASELINE))),
         ((), "+1", "upgrade", (BASELINE,)),
         ((HEAD,), HEAD, "none", ()),
         ((HEAD,), "-1", "downgrade", (HEAD,)),
-        ((HEAD,), None, "downgrade", (HEAD, BASELINE)),
+        ((HEAD,), None, "downgrade", CHAIN[::-1]),
         ((BASELINE,), BASELINE, "none", ()),
         ((), None, "none", ()),
     ],

@@ -1,4 +1,4 @@
-"""The models and the baseline revision reproduce the schema the last release shipped.
+"""The baseline revision reproduces the schema the last release shipped; head, the models.
 
 The released schema is tests/data/legacy_sql/multi_site.sql, the DDL that release's
 `create_all` produced on SQLite (app/migration/adoption/releases/ holds the schemas of
@@ -31,6 +31,7 @@ from app.migration.adoption.adopt import (
 )
 from app.migration.adoption.schema_shape import IGNORED_TABLES, describe_schema, diff_schemas
 from app.migration.revisions import alembic_config
+from tests.chain import BASELINE
 from tests.conftest import settings_for
 from tests.legacy_data import release_file
 
@@ -38,8 +39,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LEGACY_DIR = REPO_ROOT / "tests" / "data" / "legacy_sql"
 SPEC_LEGACY_DIR = REPO_ROOT.parent / "shared" / "spec" / "legacy"
 RELEASE_SCHEMA_DIR = REPO_ROOT / "app" / "migration" / "adoption" / "releases"
-BASELINE = "5cb5dab892ec"
-RELEASED_TABLES = ("clienttask", "episodeavailability", "job")
 
 ColumnInfo = tuple[str, str, bool, int]
 
@@ -95,11 +94,10 @@ def released_sqlite_database(path: Path) -> Path:
     return path
 
 
-def create_all(url: URL, tables: tuple[str, ...] | None = None) -> None:
+def create_all(url: URL) -> None:
     engine = make_engine(url)
     try:
-        chosen = None if tables is None else [metadata.tables[name] for name in tables]
-        metadata.create_all(engine, tables=chosen)
+        metadata.create_all(engine)
     finally:
         engine.dispose()
 
@@ -134,22 +132,6 @@ def twin_database_url(
     yield database_url.set(database=name)
     with admin.connect() as connection:
         connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def test_strm_url_mapping_is_the_only_unreleased_table() -> None:
-    assert set(metadata.tables) == {*RELEASED_TABLES, "strm_url_mapping"}
-
-
-def test_models_create_the_released_schema(tmp_path: Path, released_database: Path) -> None:
-    models_database = tmp_path / "models" / "create_all.db"
-    models_database.parent.mkdir()
-    create_all(sqlite_file_url(models_database), RELEASED_TABLES)
-
-    expected = reflected_shape(sqlite_file_url(released_database))
-    actual = reflected_shape(sqlite_file_url(models_database))
-    assert diff_schemas(expected, actual) == []
-    assert sqlite_columns(models_database) == sqlite_columns(released_database)
-    assert sqlite_indexes(models_database) == sqlite_indexes(released_database)
 
 
 def test_released_schema_uses_only_known_types_and_conventional_index_names(
