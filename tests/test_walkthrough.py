@@ -12,6 +12,8 @@ revisions" and does what each `###` step shows, in order:
 * a ```python block whose first line is a comment naming a file:
   `# app/data/models.py (changed classes)` replaces each class of the block in
   the models (a new class is appended); `# <path> (new file)` writes the file;
+  `# <path> (added to NAME)` adds the block's entries at the end of the
+  module-level dict NAME;
   `# migrations/versions/<name> (as alembic wrote it)` must equal the file the
   command before it generated; `# migrations/versions/<name> (edited)` replaces
   that file (its `Revises:` and `*_revision` lines must be alembic's).
@@ -24,9 +26,9 @@ generated file, and a merge revision's parents are compared as a set: alembic li
 them in file-name order, which depends on this run's dates and ids.
 
 After each step the clone's own migration checks run on both engines:
-pytest-alembic's tests, the round trip, the manifest and revision-file tests (one
-pytest subprocess, with the test files the walkthrough added), then the lint,
-the manifest check and ruff.
+pytest-alembic's tests, the round trip, the revision-file tests and the check
+that no test names a revision (one pytest subprocess, with the test files the
+walkthrough added), then the lint, the manifest check and ruff.
 """
 
 import ast
@@ -50,8 +52,8 @@ CHECK_TESTS = (
     "tests/test_migrations.py",
     "tests/pytest_alembic_docs",
     "tests/test_round_trip.py",
-    "tests/test_manifest.py",
     "tests/test_revision_files.py",
+    "tests/test_suite_names_no_revision.py",
 )
 CHECK_COMMANDS = (
     "python -m app.migration.authoring.lint",
@@ -61,7 +63,8 @@ CHECK_COMMANDS = (
 )
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 FILE_MARKER = re.compile(
-    r"^# (?P<path>\S+) \((?P<kind>changed classes|new file|as alembic wrote it|edited)\)$"
+    r"^# (?P<path>\S+) \((?P<kind>changed classes|new file|as alembic wrote it|edited"
+    r"|added to (?P<dict>[A-Za-z_]\w*))\)$"
 )
 REVISION_NAME = re.compile(
     r"(?P<date>\d{4}_\d{2}_\d{2}_\d{4})-(?P<id>[0-9a-f]{12})_(?P<slug>\w+)\.py"
@@ -289,6 +292,22 @@ def replace_classes(models: str, block: str) -> str:
     return text
 
 
+def add_to_dict(module: str, name: str, entries: str) -> str:
+    """The module with `entries` added at the end of its module-level dict `name`."""
+    (closing,) = [
+        node.value.end_lineno
+        for node in ast.parse(module).body
+        if isinstance(node, ast.Assign)
+        and [getattr(target, "id", None) for target in node.targets] == [name]
+        and isinstance(node.value, ast.Dict)
+    ]
+    lines = module.splitlines(keepends=True)
+    assert lines[closing - 1] == "}\n", f"{name} does not end with a line of its own"
+    indented = "".join(f"    {line}" if line.strip() else line for line in entries.splitlines(True))
+    lines.insert(closing - 1, indented)
+    return "".join(lines)
+
+
 def parents_in_order(text: str) -> str:
     """The revision file with a merge's parents sorted, in `Revises:` and `down_revision`."""
 
@@ -309,6 +328,9 @@ def apply_file_block(clone: Clone, block: Block, bindings: Bindings) -> Path:
     kind = match["kind"]
     if kind == "changed classes":
         path.write_text(replace_classes(path.read_text(encoding="utf-8"), body), encoding="utf-8")
+    elif match["dict"]:
+        source = path.read_text(encoding="utf-8")
+        path.write_text(add_to_dict(source, match["dict"], body), encoding="utf-8")
     elif kind == "new file":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(bindings.substitute(body), encoding="utf-8")
@@ -344,7 +366,7 @@ def test_the_walkthrough_has_its_steps() -> None:
     assert len(numbered) == 8, numbered
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(1200)
 def test_the_walkthrough_replays_green(tmp_path: Path, postgres_admin: sa.Engine) -> None:
     """Every step of the walkthrough, done as the doc shows, leaves the suite's checks green."""
     (tmp_path / "clone").mkdir()
