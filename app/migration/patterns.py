@@ -42,6 +42,7 @@ CALLER_TRANSACTION = "anibridge_caller_transaction"
 """The key of `config.attributes` under which a run in a caller's transaction is noted."""
 
 FIRST_BATCH_ROWS = 1_000
+MIN_BATCH_ROWS = 100
 BATCH_SECONDS = 0.05
 """How long one batch should hold its row locks (SQLite: the write lock); the size follows."""
 SQLITE_PAUSE_SHARE = 0.5
@@ -192,30 +193,41 @@ class BatchedFill:
     filled: int = 0
     started: float = field(default_factory=time.monotonic)
 
-    def statement(self, after: Any) -> sa.TextClause:
-        """One batch: the next rows past `after` (None: from the start) that `where` selects."""
-        past = "" if after is None else f" AND {self.key} > :after"
-        return sa.text(
-            f"UPDATE {self.table} SET {self.set_} WHERE {self.key} IN "
-            f"(SELECT {self.key} FROM {self.table} WHERE ({self.where}){past} "
-            f"ORDER BY {self.key} LIMIT :rows) RETURNING {self.key}"
+    def window_end(self, connection: sa.Connection, after: Any, rows: int) -> Any:
+        """The greatest of the next `rows` keys past `after` (None: from the first); None at
+        the end. Read along the key's index alone, whatever `where` says."""
+        past = "" if after is None else f"WHERE {self.key} > :after "
+        statement = sa.text(
+            f"SELECT max({self.key}) FROM (SELECT {self.key} FROM {self.table} {past}"
+            f"ORDER BY {self.key} LIMIT :rows) AS batch"
         )
+        return connection.execute(statement, {"rows": rows, **bound_after(after)}).scalar()
 
-    def next_batch(self, connection: sa.Connection, after: Any, rows: int) -> list[Any]:
-        """Fill the next batch; the keys of the rows it filled."""
-        past = {} if after is None else {"after": after}
-        return list(connection.execute(self.statement(after), {"rows": rows, **past}).scalars())
+    def fill_window(self, connection: sa.Connection, after: Any, upto: Any) -> int:
+        """Fill the rows `where` selects among the keys past `after` up to `upto`; how many.
+
+        `where` is wrapped in a CASE, which no index serves: the rows are found
+        along the key's index, never through an index of a column `where` names
+        (`priority IS NULL` on `ix_job_priority`), which SQLite's planner
+        prefers otherwise, going through every unfilled row for each batch.
+        """
+        past = "" if after is None else f"{self.key} > :after AND "
+        statement = sa.text(
+            f"UPDATE {self.table} SET {self.set_} WHERE {self.key} IN "
+            f"(SELECT {self.key} FROM {self.table} WHERE {past}{self.key} <= :upto) "
+            f"AND CASE WHEN ({self.where}) THEN 1 ELSE 0 END = 1"
+        )
+        return connection.execute(statement, {"upto": upto, **bound_after(after)}).rowcount
 
     def run(self, context: MigrationContext, *, pause: bool) -> None:
-        after, size = None, self.fixed_size or FIRST_BATCH_ROWS
+        connection, after = context.connection, None
+        size = self.fixed_size or FIRST_BATCH_ROWS
         reported = self.started
-        while True:
+        while (upto := self.window_end(connection, after, size)) is not None:
             began = time.monotonic()
-            keys = self.next_batch(context.connection, after, size)
+            self.filled += self.fill_window(connection, after, upto)
             seconds = time.monotonic() - began
-            if not keys:
-                break
-            after, self.filled = max(keys), self.filled + len(keys)
+            after = upto
             if pause:
                 time.sleep(seconds * SQLITE_PAUSE_SHARE)
             if time.monotonic() - reported >= PROGRESS_EVERY_S:
@@ -229,8 +241,13 @@ class BatchedFill:
         )
 
 
+def bound_after(after: Any) -> dict[str, Any]:
+    return {} if after is None else {"after": after}
+
+
 def next_batch_size(size: int, seconds: float) -> int:
-    """The size that should take about BATCH_SECONDS, at most double the last, at least 1."""
+    """The size that should take about BATCH_SECONDS: at most double the last, at least
+    MIN_BATCH_ROWS (below that a batch's time is mostly its fixed cost)."""
     if seconds <= 0:
         return size * 2
-    return max(1, min(size * 2, int(size * BATCH_SECONDS / seconds)))
+    return max(MIN_BATCH_ROWS, min(size * 2, int(size * BATCH_SECONDS / seconds)))
