@@ -192,8 +192,8 @@ def test_hand_written_revision_keeps_its_imports(tmp_path: Path) -> None:
 
     [revision] = project.revision_files() - before
     assert {"alembic", "sqlalchemy"} <= imported_top_level_modules(revision), (
-        "the post-write hook removed the template's imports; give ruff_check in alembic.ini "
-        "`--ignore F401`"
+        "the post-write hook removed the template's imports; keep F401 ignored for "
+        "migrations/versions in pyproject.toml"
     )
     assert_listed_as_draft_head(project, revision)
 

@@ -50,8 +50,10 @@ HAZARDS = {
         "    message: str | None = Field(default=None, index=True)\n",
         "index_not_concurrent job.ix_job_message",
         safe_upgrade="""\
-    with op.get_context().autocommit_block():
-        op.create_index("ix_job_message", "job", ["message"], postgresql_concurrently=True)
+    from app.migration.patterns import outside_transaction
+
+    with outside_transaction() as concurrently:
+        op.create_index("ix_job_message", "job", ["message"], postgresql_concurrently=concurrently)
 """,
     ),
     "NOT NULL on an existing column": Hazard(
@@ -59,19 +61,15 @@ HAZARDS = {
         '    message: str = ""\n',
         "set_not_null job.message",
         safe_upgrade="""\
-    op.execute("UPDATE job SET message = '' WHERE message IS NULL")
-    on_postgresql = op.get_context().dialect.name == "postgresql"
-    if on_postgresql:
-        op.create_check_constraint(
-            op.f("ck_job_message_not_null"),
-            "job",
-            "message IS NOT NULL",
-            postgresql_not_valid=True,
-        )
+    from app.migration.patterns import fill_in_batches, outside_transaction
+
+    fill_in_batches("job", set_="message = ''", where="message IS NULL")
+    op.create_check_constraint(
+        op.f("ck_job_message_not_null"), "job", "message IS NOT NULL", postgresql_not_valid=True
+    )
+    with outside_transaction():
         op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")
-    with op.batch_alter_table("job", schema=None) as batch_op:
-        batch_op.alter_column("message", existing_type=sa.VARCHAR(), nullable=False)
-    if on_postgresql:
+        op.alter_column("job", "message", existing_type=sa.VARCHAR(), nullable=False)
         op.drop_constraint(op.f("ck_job_message_not_null"), "job", type_="check")
 """,
     ),
@@ -80,6 +78,8 @@ HAZARDS = {
         '    job_id: str | None = Field(default=None, index=True, foreign_key="job.id")\n',
         "validated_constraint clienttask.fk_clienttask_job_id_job",
         safe_upgrade="""\
+    from app.migration.patterns import outside_transaction
+
     op.create_foreign_key(
         "fk_clienttask_job_id_job",
         "clienttask",
@@ -88,7 +88,8 @@ HAZARDS = {
         ["id"],
         postgresql_not_valid=True,
     )
-    op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_clienttask_job_id_job")
+    with outside_transaction():
+        op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_clienttask_job_id_job")
 """,
     ),
     "unique constraint": Hazard(
@@ -96,9 +97,11 @@ HAZARDS = {
         "    message: str | None = Field(default=None, unique=True)\n",
         "validated_constraint job.uq_job_message",
         safe_upgrade="""\
-    with op.get_context().autocommit_block():
+    from app.migration.patterns import outside_transaction
+
+    with outside_transaction() as concurrently:
         op.create_index(
-            "uq_job_message", "job", ["message"], unique=True, postgresql_concurrently=True
+            "uq_job_message", "job", ["message"], unique=True, postgresql_concurrently=concurrently
         )
     op.execute("ALTER TABLE job ADD CONSTRAINT uq_job_message UNIQUE USING INDEX uq_job_message")
 """,

@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 from app.migration.authoring.lint import lint_revisions
 from app.migration.revisions import script_directory
 
+AUTOCOMMIT_BLOCK = "    with op.get_context().autocommit_block():"
 NOT_VALID_CHECK = (
     "    op.create_check_constraint(\n"
     '        "ck_job_message_not_null", "job", "message IS NOT NULL", postgresql_not_valid=True\n'
@@ -93,6 +94,21 @@ FLAGGED = {
         '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)',
         ["not_null job.message", "set_not_null job.message"],
     ),
+    "foreign key NOT VALID, validated in the same transaction": (
+        "    op.create_foreign_key(\n"
+        '        "fk_task_job", "clienttask", "job", ["job_id"], ["id"], '
+        "postgresql_not_valid=True\n"
+        "    )\n"
+        '    op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_task_job")',
+        ["validated_constraint clienttask.fk_task_job"],
+    ),
+    "check NOT VALID, validated in the same transaction, then SET NOT NULL": (
+        f"{NOT_VALID_CHECK}\n"
+        '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
+        f"{AUTOCOMMIT_BLOCK}\n"
+        '        op.alter_column("job", "message", existing_type=sa.String(), nullable=False)',
+        ["validated_constraint job.ck_job_message_not_null", "set_not_null job.message"],
+    ),
     "check in SQL without NOT VALID": (
         "    op.execute(\n"
         "        'ALTER TABLE job ADD CONSTRAINT ck_job_message_not_null '\n"
@@ -162,24 +178,27 @@ HARMLESS = {
     "check NOT VALID, VALIDATE, then SET NOT NULL": (
         "    op.execute(\"UPDATE job SET message = '' WHERE message IS NULL\")\n"
         f"{NOT_VALID_CHECK}\n"
-        '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
-        '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)\n'
-        '    op.drop_constraint("ck_job_message_not_null", "job", type_="check")'
+        f"{AUTOCOMMIT_BLOCK}\n"
+        '        op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
+        '        op.alter_column("job", "message", existing_type=sa.String(), nullable=False)\n'
+        '        op.drop_constraint("ck_job_message_not_null", "job", type_="check")'
     ),
-    "check NOT VALID in SQL, VALIDATE, then SET NOT NULL": (
-        "    op.execute(\n"
-        "        'ALTER TABLE job ADD CONSTRAINT ck_job_message_not_null '\n"
-        "        'CHECK (message IS NOT NULL) NOT VALID'\n"
-        "    )\n"
-        '    op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
-        '    op.alter_column("job", "message", existing_type=sa.String(), nullable=False)'
+    "check NOT VALID in SQL, VALIDATE, then SET NOT NULL, all in an autocommit block": (
+        f"{AUTOCOMMIT_BLOCK}\n"
+        "        op.execute(\n"
+        "            'ALTER TABLE job ADD CONSTRAINT ck_job_message_not_null '\n"
+        "            'CHECK (message IS NOT NULL) NOT VALID'\n"
+        "        )\n"
+        '        op.execute("ALTER TABLE job VALIDATE CONSTRAINT ck_job_message_not_null")\n'
+        '        op.alter_column("job", "message", existing_type=sa.String(), nullable=False)'
     ),
-    "foreign key NOT VALID, then VALIDATE": (
+    "foreign key NOT VALID, then VALIDATE in an autocommit block": (
         "    op.create_foreign_key(\n"
         '        "fk_task_job", "clienttask", "job", ["job_id"], ["id"], '
         "postgresql_not_valid=True\n"
         "    )\n"
-        '    op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_task_job")'
+        f"{AUTOCOMMIT_BLOCK}\n"
+        '        op.execute("ALTER TABLE clienttask VALIDATE CONSTRAINT fk_task_job")'
     ),
     "check NOT VALID": (
         "    op.create_check_constraint(\n"
@@ -294,3 +313,20 @@ def test_a_revision_that_cannot_run_offline_is_one_finding_not_a_traceback(
     (finding,) = findings_of(tmp_path, body)
     assert finding.key == "offline"
     assert "cannot be read offline (AttributeError" in finding.problem
+
+
+def test_a_not_null_column_added_without_a_default_is_never_offered_an_acknowledgement(
+    tmp_path: Path,
+) -> None:
+    """It fails on every table with rows, whatever the reason given."""
+    body = FLAGGED["NOT NULL column without a server default"][0]
+    acknowledged = 'acknowledged_data_loss = {"not_null job.seen_at": "job is small"}\n'
+
+    (unacknowledged,) = findings_of(tmp_path, body)
+    (refused,) = findings_of(tmp_path / "acknowledged", body, acknowledged)
+
+    assert "fill_in_batches" in unacknowledged.problem and "acknowledge" not in str(unacknowledged)
+    assert refused.key == "not_null job.seen_at"
+    assert refused.problem == (
+        f"cannot be acknowledged in acknowledged_data_loss: {unacknowledged.problem}"
+    )

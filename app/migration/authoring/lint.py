@@ -15,21 +15,27 @@ Data loss, acknowledged in `acknowledged_data_loss`:
   value (shorter string, smaller integer, another kind of type, or a change
   whose old type the revision does not state);
 * `not_null <table>.<column>`: a NOT NULL column added without a server
-  default, or a column made NOT NULL with no server default and no data step
-  (`op.execute`) before it in the revision: it fails on a table with rows, or
-  needs a fill.
+  default to a table that may hold rows (it fails on every such table, so no
+  acknowledgement is accepted for it: add it nullable, fill it, make it NOT
+  NULL in a later revision, or give it a server default), or a column made
+  NOT NULL with no server default and no data step (`op.execute`) before it in
+  the revision.
 
 PostgreSQL lock hazards on a table the revision did not create itself,
 acknowledged in `acknowledged_lock_hazards`:
 
 * `index_not_concurrent <table>.<index>`: an index built without CONCURRENTLY,
-  or with it outside `op.get_context().autocommit_block()`;
+  or with it outside an autocommit block (`outside_transaction()` of
+  app.migration.patterns);
 * `set_not_null <table>.<column>`: SET NOT NULL without a validated
   `CHECK (<column> IS NOT NULL)` added NOT VALID earlier in the revision
   (`op.create_check_constraint(..., postgresql_not_valid=True)` or that
-  `ALTER TABLE` in `op.execute`, then `VALIDATE CONSTRAINT` in `op.execute`);
+  `ALTER TABLE` in `op.execute`, then `VALIDATE CONSTRAINT` in `op.execute`
+  in a later transaction);
 * `validated_constraint <table>.<constraint>`: a foreign key or check added
-  without NOT VALID, or a unique or primary key constraint added directly;
+  without NOT VALID, or validated in the transaction that added it (adding it
+  holds its lock until that transaction commits, so the VALIDATE scans the
+  table under it), or a unique or primary key constraint added directly;
 * `rewriting_type <table>.<column>`: a type change PostgreSQL does by rewriting
   the table;
 * `rename_table <table>` and `rename_column <table>.<column>`: the previous
@@ -98,6 +104,20 @@ STRING_TYPES = {"VARCHAR", "TEXT"}
 UNBOUNDED_WITHOUT_REWRITE = {(old, new) for old in STRING_TYPES for new in STRING_TYPES} | {
     ("NUMERIC", "NUMERIC")
 }
+CONCURRENT_INDEX = (
+    "write it inside `with outside_transaction() as concurrently:` (app.migration.patterns) "
+    "as op.create_index(..., postgresql_concurrently=concurrently)"
+)
+VALIDATE_LATER = (
+    "add it with postgresql_not_valid=True, then run op.execute('ALTER TABLE ... VALIDATE "
+    "CONSTRAINT ...') inside `with outside_transaction():` (app.migration.patterns), where it "
+    "blocks neither reads nor writes"
+)
+NOT_NULL_COLUMN_ADDED = (
+    "adds a NOT NULL column without a server default, which fails on every table with rows; "
+    "add it nullable, fill it (fill_in_batches), then set NOT NULL in a later revision, or "
+    'give it a server default (docs/migrations.md, "A new NOT NULL column")'
+)
 EXPAND_CONTRACT = (
     "the previous release, still serving during a rolling upgrade, may read it: expand now, "
     "contract in a later release"
@@ -111,6 +131,7 @@ class Flag:
     kind: str
     subject: str
     problem: str
+    acknowledgeable: bool = True
 
     @property
     def key(self) -> str:
@@ -137,11 +158,18 @@ class RecordingImpl(DefaultImpl):
         self.data_steps = 0
         self.created_tables: set[str] = set()
         self.in_autocommit_block = False
+        self.transaction = 0
         self.not_null_checks: dict[str, tuple[str, str]] = {}
+        self.not_valid_added: dict[str, tuple[str, int]] = {}
         self.validated_constraints: set[str] = set()
 
-    def flag(self, kind: str, subject: str, problem: str) -> None:
-        self.flags.append(Flag(kind, subject, problem))
+    def flag(self, kind: str, subject: str, problem: str, acknowledgeable: bool = True) -> None:
+        self.flags.append(Flag(kind, subject, problem, acknowledgeable))
+
+    def statement_done(self) -> None:
+        """In an autocommit block each statement is a transaction of its own."""
+        if self.in_autocommit_block:
+            self.transaction += 1
 
     def existed_before(self, table_name: str) -> bool:
         """Whether the table may hold rows: the revision did not create it itself."""
@@ -175,12 +203,13 @@ class RecordingImpl(DefaultImpl):
         )
 
     def add_column(self, table_name: str, column: sa.Column, **_kw: Any) -> None:
-        if not column.nullable and column.server_default is None and not column.primary_key:
+        no_default = column.server_default is None and not column.primary_key
+        if not column.nullable and no_default and self.existed_before(table_name):
             self.flag(
                 "not_null",
                 f"{table_name}.{column.name}",
-                "adds a NOT NULL column without a server default: fails on a table "
-                "with rows (add it nullable, fill it, then make it NOT NULL)",
+                NOT_NULL_COLUMN_ADDED,
+                acknowledgeable=False,
             )
 
     def alter_column(self, table_name: str, column_name: str, **kw: Any) -> None:
@@ -216,9 +245,9 @@ class RecordingImpl(DefaultImpl):
                 where,
                 "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock; first "
                 f"add CHECK ({column_name} IS NOT NULL) with op.create_check_constraint(..., "
-                "postgresql_not_valid=True), then op.execute('ALTER TABLE ... VALIDATE "
-                "CONSTRAINT ...'), then SET NOT NULL (it then skips the scan), then drop "
-                "the check",
+                "postgresql_not_valid=True), then, inside `with outside_transaction():` "
+                "(app.migration.patterns), op.execute('ALTER TABLE ... VALIDATE CONSTRAINT "
+                "...'), SET NOT NULL (it then skips the scan) and drop the check",
             )
         if kw.get("name") is not None:
             self.flag(
@@ -254,15 +283,13 @@ class RecordingImpl(DefaultImpl):
                 "index_not_concurrent",
                 where,
                 "builds the index without CONCURRENTLY, blocking every write to the table "
-                "until it is done; write it inside `with op.get_context().autocommit_block():` "
-                "as op.create_index(..., postgresql_concurrently=True)",
+                f"until it is done; {CONCURRENT_INDEX}",
             )
         elif not self.in_autocommit_block:
             self.flag(
                 "index_not_concurrent",
                 where,
-                "CREATE INDEX CONCURRENTLY cannot run inside a transaction; put it inside "
-                "`with op.get_context().autocommit_block():`",
+                f"CREATE INDEX CONCURRENTLY cannot run inside a transaction; {CONCURRENT_INDEX}",
             )
 
     def add_constraint(self, const: Any, **_kw: Any) -> None:
@@ -277,18 +304,19 @@ class RecordingImpl(DefaultImpl):
                 "validated_constraint",
                 where,
                 "builds the constraint's index under an ACCESS EXCLUSIVE lock, which blocks "
-                "reads and writes; build a unique index concurrently (autocommit block, "
-                "postgresql_concurrently=True), then op.execute('ALTER TABLE ... ADD "
-                "CONSTRAINT ... USING INDEX ...')",
+                f"reads and writes; build a unique index concurrently ({CONCURRENT_INDEX}), "
+                "then op.execute('ALTER TABLE ... ADD CONSTRAINT ... USING INDEX ...')",
             )
         elif not const.dialect_options["postgresql"]["not_valid"]:
             self.flag(
                 "validated_constraint",
                 where,
                 "checks every existing row while holding a lock that blocks writes (a check "
-                "blocks reads too); add it with postgresql_not_valid=True, then "
-                "op.execute('ALTER TABLE ... VALIDATE CONSTRAINT ...'), which blocks neither",
+                f"blocks reads too); {VALIDATE_LATER}",
             )
+        else:
+            self.not_valid_added[str(const.name)] = (table_name, self.transaction)
+        self.statement_done()
 
     def remember_not_null_check(self, table_name: str, check: sa.CheckConstraint) -> None:
         match = IS_NOT_NULL.match(str(check.sqltext).strip())
@@ -298,9 +326,31 @@ class RecordingImpl(DefaultImpl):
     def execute(self, sql: Any, execution_options: Any = None) -> None:
         self.data_steps += 1
         text = sql if isinstance(sql, str) else getattr(sql, "text", "")
-        self.validated_constraints.update(VALIDATE_CONSTRAINT.findall(text))
+        for name in VALIDATE_CONSTRAINT.findall(text):
+            self.validate(name)
         for table_name, name, column_name in NOT_VALID_NOT_NULL_CHECK.findall(text):
             self.not_null_checks[name] = (table_name, column_name)
+            self.not_valid_added[name] = (table_name, self.transaction)
+        self.statement_done()
+
+    def validate(self, name: str) -> None:
+        """A VALIDATE proves the constraint only outside the transaction that added it.
+
+        Adding a constraint NOT VALID holds its lock (ACCESS EXCLUSIVE for a check)
+        until that transaction commits, so a VALIDATE before then scans the table
+        with reads and writes blocked.
+        """
+        table_name, added_in = self.not_valid_added.get(name, (None, None))
+        if added_in == self.transaction:
+            self.flag(
+                "validated_constraint",
+                f"{table_name}.{name}",
+                "validates the constraint in the transaction that added it, which holds the "
+                f"lock of the ADD CONSTRAINT until it commits: the scan blocks the table; "
+                f"{VALIDATE_LATER}",
+            )
+            return
+        self.validated_constraints.add(name)
 
     def bulk_insert(self, table: Any, rows: Any, multiinsert: bool = True) -> None:
         self.data_steps += 1
@@ -308,9 +358,11 @@ class RecordingImpl(DefaultImpl):
     def emit_commit(self) -> None:
         """Offline, an autocommit block starts with COMMIT (and ends with BEGIN)."""
         self.in_autocommit_block = True
+        self.transaction += 1
 
     def emit_begin(self) -> None:
         self.in_autocommit_block = False
+        self.transaction += 1
 
     def _exec(self, construct: Any, *args: Any, **kw: Any) -> None:
         """Every other operation (create table, drop index, ...) is harmless here."""
@@ -415,9 +467,13 @@ def lint_revision(script: Script) -> list[Finding]:
         return findings
     for flag in flags:
         where = ACKNOWLEDGED_IN[flag.kind]
-        reason = str(getattr(script.module, where, {}).get(flag.key, "")).strip()
+        acknowledged = getattr(script.module, where, {})
+        reason = str(acknowledged.get(flag.key, "")).strip()
         naming = ", naming the release that stopped reading it" if flag.kind in CONTRACTS else ""
-        if not reason:
+        if not flag.acknowledgeable:
+            refused = f"cannot be acknowledged in {where}: " if flag.key in acknowledged else ""
+            found(flag.key, f"{refused}{flag.problem}")
+        elif not reason:
             found(flag.key, f"{flag.problem}; if intended, acknowledge it in {where}{naming}")
         elif naming and not RELEASE.search(reason):
             found(
@@ -484,8 +540,8 @@ def report_new_revision(path: Path, report: Callable[[str], None]) -> int:
         report(f"lint: {finding}")
     if findings:
         report(
-            f"lint: {len(findings)} finding(s) in {path.name}: change the revision or "
-            "acknowledge them (docs/migrations.md); the test suite fails until then"
+            f"lint: {len(findings)} finding(s) in {path.name}: change the revision, or "
+            "acknowledge those that say so (docs/migrations.md); the test suite fails until then"
         )
     return 0
 
