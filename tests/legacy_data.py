@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic.operations import Operations
 from sqlalchemy.pool import NullPool
 
-from app.data.models import metadata
 from app.migration.adoption.schema_shape import app_tables
+from app.migration.revisions import migration_context
+from tests.chain import BASELINE, SCRIPT
 from tests.row_dump import RowDump
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -325,9 +327,12 @@ def sha256_of(path: Path) -> str:
 def create_legacy_postgres(connection: sa.Connection, rows: int, seed: int = 0) -> None:
     """The released tables made by `create_all` on PostgreSQL, filled like the SQLite ones.
 
-    PostgreSQL gets booleans as booleans; timestamp and JSON strings are parsed by the server.
+    The tables are what the baseline revision creates, the schema adoption recognises on
+    PostgreSQL (today's models may have moved on). PostgreSQL gets booleans as booleans;
+    timestamp and JSON strings are parsed by the server.
     """
-    metadata.create_all(connection, tables=[metadata.tables[name] for name in LEGACY_TABLES])
+    with Operations.context(migration_context(connection)):
+        SCRIPT.get_revision(BASELINE).module.upgrade()
     for table, table_rows in legacy_rows(MULTI_SITE, rows, seed).items():
         columns = list(table_rows[0])
         statement = (
