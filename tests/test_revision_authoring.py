@@ -120,7 +120,7 @@ def suite_file_checks(project: Project) -> subprocess.CompletedProcess:
         dirs_exist_ok=True,
     )
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "tests/test_revision_files.py"],
+        [sys.executable, "-m", "pytest", "-q", "tests/test_revision_files.py"],
         cwd=project.root,
         env={**os.environ, "PYTHONPATH": str(project.root), "DATA_DIR": str(project.data_dir)},
         capture_output=True,

@@ -1,10 +1,11 @@
 """Questions about the revision graph and where a database stands in it.
 
 Alembic's config and script directory for this project, the database's current
-revisions, the plan of a run (which way, through which revisions), and the one
+revisions, the plan of a run (which way, through which revisions), the one
 check for a revision this release does not know, which every command that looks
 at a database (the upgrade, the read-only commands, `anibridge status`, a
-restore) asks the same way.
+restore) asks the same way, and the one message for revision files that end in
+several heads.
 """
 
 from collections.abc import Iterable, Sequence
@@ -163,27 +164,17 @@ def other_branch_message(
 
     This version applied the revision, so it is no newer release: the files are
     on another branch. The history tells which revisions the database holds
-    that this checkout lacks, the last one before them that it has (where a
-    downgrade on the other branch must go), and when the first of them was
-    applied (the backup to restore is the newest one taken before). None when
-    the history cannot tell.
+    that this checkout lacks, the downgrade on the other branch that takes
+    them off, and when the first of them was applied (the backup to restore is
+    the newest one taken before). None when the history cannot tell.
     """
     applied = applied_revisions(history)
     lacking = set(unknown_revisions(script, applied))
     missing = [revision for revision in applied if revision in lacking]
     if not missing:
         return None
-    first = missing[0]
-    shared = applied[: applied.index(first)]
-    unknown = unknown_revisions(script, heads)
-    kept = [head for head in heads if head not in unknown]
-    if kept:
-        downgrade = f"alembic downgrade {unknown[0]}@-{len(missing)}"
-        effect = f"it reverts {', '.join(missing)} and keeps {', '.join(kept)}"
-    else:
-        target = shared[-1] if shared else "base"
-        downgrade = f"alembic downgrade {target}"
-        effect = f"{target} is the last revision both branches share"
+    first, unknown = missing[0], unknown_revisions(script, heads)
+    downgrade, effect = downgrade_to_shared(heads, unknown, applied, missing)
     when = release_that_applied(history, first)
     message = (
         f"the database is at revision {', '.join(unknown)}, which this checkout does not have, "
@@ -198,6 +189,25 @@ def other_branch_message(
             f"`anibridge restore {backup}`"
         )
     return message
+
+
+def downgrade_to_shared(
+    heads: tuple[str, ...], unknown: list[str], applied: list[str], missing: list[str]
+) -> tuple[str, str]:
+    """The `alembic downgrade` that takes the missing revisions off, and what it does.
+
+    Beside a head this checkout has, only the unknown head's branch steps down
+    (`<head>@-N`; a plain target there would revert both branches or neither).
+    """
+    kept = [head for head in heads if head not in unknown]
+    if kept:
+        return (
+            f"alembic downgrade {unknown[0]}@-{len(missing)}",
+            f"it reverts {', '.join(missing)} and keeps {', '.join(kept)}",
+        )
+    shared = applied[: applied.index(missing[0])]
+    target = shared[-1] if shared else "base"
+    return f"alembic downgrade {target}", f"{target} is the last revision both branches share"
 
 
 def backup_taken_before(settings: Settings | None, moment: datetime) -> Path | None:
