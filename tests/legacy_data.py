@@ -275,6 +275,27 @@ def dump_rows(connection: sa.Connection, tables: tuple[str, ...] | None = None) 
     return result
 
 
+def in_columns_of(dump: RowDump, expected: RowDump) -> RowDump:
+    """`dump` with only the columns `expected` has: columns later revisions add are not compared."""
+    return RowDump(
+        (
+            table,
+            sorted(
+                (
+                    tuple(pair for pair in row if pair[0] in columns_in(expected[table]))
+                    for row in rows
+                ),
+                key=repr,
+            ),
+        )
+        for table, rows in dump.items()
+    )
+
+
+def columns_in(rows: list[tuple]) -> set[str]:
+    return {column for row in rows for column, _ in row}
+
+
 def dump_sqlite_rows(path: Path, tables: tuple[str, ...] | None = None) -> RowDump:
     engine = sqlite_file_engine(path)
     try:

@@ -108,7 +108,11 @@ def test_rows_survive_base_head_base_head(settings: Settings) -> None:
         states = climb(settings, engine)
         at_head = states[-1]
         empty = [table for table, columns in at_head.items() if not next(iter(columns.values()))]
-        assert not empty, f"tables without rows at head: {empty}"
+        assert not empty, (
+            f"tables without rows at head: {empty}; unless a revision deletes them, they need "
+            "rows in TABLE_ROWS, tests/revision_data.py "
+            "(test_every_table_at_head_has_rows_to_migrate says what to add)"
+        )
 
         descend(settings, engine, states)
         assert all_rows(engine) == {}
