@@ -359,10 +359,12 @@ def run_checks(clone: Clone, step: str, added_tests: list[str]) -> None:
             assert tests.returncode == 0, f"after step {step!r}, the suite fails:\n{tests.stdout}"
 
 
-def test_the_walkthrough_has_its_steps() -> None:
-    steps = walkthrough_steps(DOC.read_text(encoding="utf-8"))
-    numbered = [step.title for step in steps if step.title[:1].isdigit()]
-    assert len(numbered) == 8, numbered
+def test_the_walkthrough_is_numbered_steps_each_with_commands() -> None:
+    """The parser sees every step: numbered 1, 2, ... in order, each with a console block."""
+    steps = [step for step in walkthrough_steps(DOC.read_text(encoding="utf-8")) if step.title]
+    numbers = [step.title.split(".")[0] for step in steps]
+    assert numbers == [str(number) for number in range(1, len(steps) + 1)], numbers
+    assert all(any(block.lang == "console" for block in step.blocks) for step in steps)
 
 
 @pytest.mark.timeout(1200)
