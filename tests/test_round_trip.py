@@ -3,7 +3,9 @@
 The chain is read from the script directory. Each table's rows
 (tests/revision_data.py) are written when the revision that creates it has run;
 every later step that keeps a table must keep its rows, and a second climb
-from base must give the same rows as the first.
+from base must give the same rows as the first. An upgrade may fill a NULL (a
+data migration, docs/migrations.md "Data migrations") but change no other
+value; a downgrade must give back the rows as they were before its upgrade.
 """
 
 import sqlalchemy as sa
@@ -45,13 +47,20 @@ def all_rows(engine: sa.Engine) -> Rows:
     return found
 
 
-def lost_rows(before: Rows, after: Rows, step: str) -> list[str]:
+def kept(old: list, new: list, fills: bool) -> bool:
+    """Whether a column's values are kept: equal, or (with `fills`) only NULLs given a value."""
+    if fills and len(old) == len(new):
+        return all(was is None or was == now for was, now in zip(old, new, strict=True))
+    return old == new
+
+
+def lost_rows(before: Rows, after: Rows, step: str, fills: bool = False) -> list[str]:
     """What `step` changed in the columns it kept of the tables it kept, with counts and digests."""
     changed = []
     for table in before.keys() & after.keys():
         for column in before[table].keys() & after[table].keys():
             old, new = before[table][column], after[table][column]
-            if old != new:
+            if not kept(old, new, fills):
                 changed.append(
                     f"{step}: {table}.{column} had {len(old)} values (digest {digest(old)}),"
                     f" now {len(new)} (digest {digest(new)})"
@@ -59,25 +68,26 @@ def lost_rows(before: Rows, after: Rows, step: str) -> list[str]:
     return changed
 
 
-def climb(settings: Settings, engine: sa.Engine) -> Rows:
-    """base -> head one revision at a time, writing each new table's rows; the rows at head."""
-    rows = all_rows(engine)
+def climb(settings: Settings, engine: sa.Engine) -> list[Rows]:
+    """base -> head one revision at a time, writing each new table's rows.
+
+    The rows before each revision, then the rows at head.
+    """
+    states = [all_rows(engine)]
     for revision in CHAIN:
         migrate(settings, "upgrade", revision)
         now = all_rows(engine)
-        assert not lost_rows(rows, now, f"upgrade to {revision}")
+        assert not lost_rows(states[-1], now, f"upgrade to {revision}", fills=True)
         insert_rows(engine, rows_at(revision))
-        rows = all_rows(engine)
-    return rows
+        states.append(all_rows(engine))
+    return states
 
 
-def descend(settings: Settings, engine: sa.Engine, rows: Rows) -> None:
-    """head -> base one revision at a time; each step keeps the rows of the tables it keeps."""
-    for revision in reversed(CHAIN):
+def descend(settings: Settings, engine: sa.Engine, states: list[Rows]) -> None:
+    """head -> base one revision at a time; each step gives back the rows before its upgrade."""
+    for revision, before in zip(reversed(CHAIN), reversed(states[:-1]), strict=True):
         migrate(settings, "downgrade", "-1")
-        now = all_rows(engine)
-        assert not lost_rows(rows, now, f"downgrade of {revision}")
-        rows = now
+        assert not lost_rows(before, all_rows(engine), f"downgrade of {revision}")
 
 
 def test_every_table_at_head_has_rows_to_migrate() -> None:
@@ -95,7 +105,8 @@ def test_every_table_at_head_has_rows_to_migrate() -> None:
 def test_rows_survive_base_head_base_head(settings: Settings) -> None:
     engine = make_engine(settings.database_url)
     try:
-        at_head = climb(settings, engine)
+        states = climb(settings, engine)
+        at_head = states[-1]
         empty = [table for table, columns in at_head.items() if not next(iter(columns.values()))]
         assert not empty, (
             f"tables without rows at head: {empty}; unless a revision deletes them, they need "
@@ -103,11 +114,11 @@ def test_rows_survive_base_head_base_head(settings: Settings) -> None:
             "(test_every_table_at_head_has_rows_to_migrate says what to add)"
         )
 
-        descend(settings, engine, at_head)
+        descend(settings, engine, states)
         assert all_rows(engine) == {}
         assert database_revision(settings) == ()
 
-        assert climb(settings, engine) == at_head
+        assert climb(settings, engine)[-1] == at_head
         assert database_revision(settings) == (CHAIN[-1],)
     finally:
         engine.dispose()
