@@ -277,15 +277,12 @@ def dump_rows(connection: sa.Connection, tables: tuple[str, ...] | None = None) 
 
 def in_columns_of(dump: RowDump, expected: RowDump) -> RowDump:
     """`dump` with only the columns `expected` has: columns later revisions add are not compared."""
+    kept = {table: columns_in(rows) for table, rows in expected.items()}
     return RowDump(
         (
             table,
             sorted(
-                (
-                    tuple(pair for pair in row if pair[0] in columns_in(expected[table]))
-                    for row in rows
-                ),
-                key=repr,
+                (tuple(pair for pair in row if pair[0] in kept[table]) for row in rows), key=repr
             ),
         )
         for table, rows in dump.items()
