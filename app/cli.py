@@ -94,7 +94,7 @@ def restore(settings, name: str) -> None:
 
 def backup_named(settings, name: str) -> Path:
     """A bare file name is a file in DATA_DIR/backups; a name with a slash is a path."""
-    return Path(name) if os.sep in name else settings.data_dir / "backups" / name
+    return Path(name) if os.sep in name else settings.backups_dir / name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,11 @@ class Settings:
     log_level: str
 
     @property
+    def backups_dir(self) -> Path:
+        """Where SQLite backups are taken, listed and restored from."""
+        return self.data_dir / "backups"
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.get_backend_name() == "sqlite"
 

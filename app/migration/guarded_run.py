@@ -349,7 +349,7 @@ def backup_if_sqlite(
     database = sqlite_file(connection)
     if database is None or settings.backup_keep == 0:
         return None
-    return backup_database(database, settings.data_dir / "backups", revision)
+    return backup_database(database, settings.backups_dir, revision)
 
 
 def require_foreign_keys_intact(connection: Connection) -> None:

@@ -157,7 +157,7 @@ def plan_on_copy(settings: Settings, script: ScriptDirectory, shown: str) -> Pla
         )
         plan = rehearse(scratch, script, shown)
     if plan.outcome == "upgrade" and settings.backup_keep > 0:
-        add_backup_outlook(plan, database, settings.data_dir / "backups")
+        add_backup_outlook(plan, database, settings.backups_dir)
     plan.summary = summary_of(plan)
     return plan
 

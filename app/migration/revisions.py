@@ -214,7 +214,7 @@ def backup_taken_before(settings: Settings | None, moment: datetime) -> Path | N
     """The newest SQLite backup of the database taken before `moment`, if any."""
     if settings is None or not settings.is_sqlite:
         return None
-    database, backups_dir = Path(settings.database_url.database), settings.data_dir / "backups"
+    database, backups_dir = Path(settings.database_url.database), settings.backups_dir
     if not backups_dir.is_dir():
         return None
     earlier = [

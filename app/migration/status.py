@@ -153,7 +153,7 @@ def backups_of(settings: Settings) -> list[dict[str, Any]]:
     if not settings.is_sqlite:
         return []
     database = Path(settings.database_url.database)
-    backups_dir = settings.data_dir / "backups"
+    backups_dir = settings.backups_dir
     found = []
     for path in list_backups(backups_dir, database) if backups_dir.is_dir() else []:
         revision, created = read_backup_name(path, database)
