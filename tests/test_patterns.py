@@ -9,6 +9,7 @@ and the documented data test (in a pytest of their own, set up as
 pytest-alembic's docs show), the real upgrade with rows, and the offline SQL.
 """
 
+import itertools
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from sqlalchemy.engine import URL
 import app.migration.patterns
 from app.config import Settings
 from app.migration.errors import MigrationError
+from app.migration.patterns import next_batch_size
 from app.migration.revisions import current_heads, script_directory
 from tests.chain import InjectedRevision, copy_project, plant_revisions
 from tests.conftest import settings_for
@@ -280,9 +282,12 @@ def test_documented_revisions_upgrade_a_database_with_rows(
     right = scalar(database_url, f"SELECT count(*) FROM job WHERE priority = {PRIORITY}")
     assert right == rows
     assert index_state(database_url) == "valid"
-    batches = [level for statement, level in seen if statement.startswith("UPDATE job SET")]
-    assert len(batches) > 1 and set(batches) == {"AUTOCOMMIT"}, batches
+    batches = [(statement, level) for statement, level in seen if "UPDATE job SET" in statement]
+    assert len(batches) > 1 and {level for _s, level in batches} == {"AUTOCOMMIT"}, batches
     if database_url.get_backend_name() == "postgresql":
+        assert all(statement.startswith("WITH batch AS") for statement, _l in batches), batches
+        windows = [statement for statement, _level in seen if "LIMIT" in statement]
+        assert len(windows) == len(batches), "a batch's keys read in a statement of their own"
         builds = [(s, level) for s, level in seen if "ix_job_priority" in s and "CREATE" in s]
         assert builds == [
             (
@@ -360,18 +365,57 @@ def test_a_fill_that_failed_part_way_continues_on_the_next_run(
     assert re.search(r"Filled job: 300 rows in ", caplog.text), caplog.text
 
 
+def guide_before_its_revisions(database_url: URL, tmp_path: Path, jobs: int) -> Config:
+    """A copy of the project with the migrations guide's revisions planted, upgraded to the
+    real head (just before them) with `jobs` jobs; its config."""
+    settings = settings_for(database_url, tmp_path / "data")
+    project = copy_project(tmp_path / "project")
+    MIGRATIONS_GUIDE.plant(project)
+    config = project_config(project, settings)
+    command.upgrade(config, real_head())
+    insert_jobs(database_url, jobs)
+    return config
+
+
+@pytest.mark.timeout(120)
+def test_batches_grow_while_they_take_less_than_the_target_time(
+    database_url: URL,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without `batch_size` the first batch is FIRST_BATCH_ROWS keys; batches of 100 rows take
+    far less than BATCH_SECONDS, so the next ones grow, never more than twice the last."""
+    config = guide_before_its_revisions(database_url, tmp_path, jobs=3000)
+    caplog.set_level(logging.INFO, logger="app.migration.patterns")
+    monkeypatch.setattr(app.migration.patterns, "FIRST_BATCH_ROWS", 100)
+    monkeypatch.setattr(app.migration.patterns, "PROGRESS_EVERY_S", 0)
+
+    command.upgrade(config, "head")
+
+    sizes = [int(size) for size in re.findall(r"\(batches of (\d+)\)", caplog.text)]
+    assert sizes[0] == 100 and max(sizes) > 100, sizes
+    assert all(size <= 2 * last for last, size in itertools.pairwise(sizes)), sizes
+    assert scalar(database_url, f"SELECT count(*) FROM job WHERE priority = {PRIORITY}") == 3000
+
+
+def test_the_next_batch_is_sized_to_take_the_target_time() -> None:
+    """Twice the last at most when it was fast, in proportion when slow, MIN_BATCH_ROWS at least."""
+    target = app.migration.patterns.BATCH_SECONDS
+    minimum = app.migration.patterns.MIN_BATCH_ROWS
+    assert next_batch_size(1000, target / 10) == 2000
+    assert next_batch_size(1000, 0.0) == 2000
+    assert abs(next_batch_size(1000, target * 2.5) - 400) <= 1
+    assert next_batch_size(1000, target * 1000) == minimum
+
+
 @pytest.mark.timeout(120)
 def test_inside_a_callers_transaction_everything_runs_in_it(
     database_url: URL, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The index built in the caller's transaction (no CONCURRENTLY), every batch of the fill
     in it, the reason logged once; the caller's rollback takes it all back."""
-    settings = settings_for(database_url, tmp_path / "data")
-    project = copy_project(tmp_path / "project")
-    MIGRATIONS_GUIDE.plant(project)
-    config = project_config(project, settings)
-    command.upgrade(config, real_head())
-    insert_jobs(database_url, 3000)
+    config = guide_before_its_revisions(database_url, tmp_path, jobs=3000)
     caplog.set_level(logging.INFO, logger="app.migration.patterns")
 
     with plain_connection(database_url) as connection, statements_seen() as seen:

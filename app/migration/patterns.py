@@ -164,6 +164,7 @@ def fill_in_batches(
         key=quote(key or primary_key_column(context.connection, table)),
         set_=set_,
         where=where,
+        one_statement=context.dialect.name == "postgresql",
         fixed_size=batch_size,
     )
     with leaving_transaction(context) as committing:
@@ -183,50 +184,87 @@ def primary_key_column(connection: sa.Connection, table: str) -> str:
 
 @dataclass
 class BatchedFill:
-    """The batches of one fill, walking `key` upwards; sized by time unless `fixed_size`."""
+    """The batches of one fill, walking `key` upwards; sized by time unless `fixed_size`.
+
+    A batch is the next `size` keys past the last batch's, read along the key's
+    index whatever `where` says, and the rows among them that `where` selects
+    are updated. `where` is wrapped in a CASE, which no index serves: the rows
+    are found along the key's index, never through an index of a column
+    `where` names (`priority IS NULL` on `ix_job_priority`), which SQLite's
+    planner prefers otherwise, going through every unfilled row for each batch.
+    """
 
     table: str
     key: str
     set_: str
     where: str
+    one_statement: bool
+    """PostgreSQL: the batch's keys and its UPDATE in one statement (one round trip)."""
     fixed_size: int | None = None
     filled: int = 0
     started: float = field(default_factory=time.monotonic)
 
-    def window_end(self, connection: sa.Connection, after: Any, rows: int) -> Any:
-        """The greatest of the next `rows` keys past `after` (None: from the first); None at
-        the end. Read along the key's index alone, whatever `where` says."""
-        past = "" if after is None else f"WHERE {self.key} > :after "
+    def fill_batch(self, connection: sa.Connection, after: Any, rows: int) -> tuple[Any, int]:
+        """Fill the next `rows` keys past `after` (None: from the first): the batch's last
+        key (None past the end) and how many rows it filled."""
+        if self.one_statement:
+            return self.fill_batch_in_one_statement(connection, after, rows)
+        upto = self.window_end(connection, after, rows)
+        if upto is None:
+            return None, 0
+        return upto, self.fill_window(connection, after, upto)
+
+    def fill_batch_in_one_statement(
+        self, connection: sa.Connection, after: Any, rows: int
+    ) -> tuple[Any, int]:
+        """`fill_batch` as one PostgreSQL statement: the keys in a CTE, the UPDATE in
+        another (PostgreSQL runs a data-modifying CTE whatever the query reads of it)."""
+        last_key = f"(SELECT max({self.key}) FROM batch)"
         statement = sa.text(
-            f"SELECT max({self.key}) FROM (SELECT {self.key} FROM {self.table} {past}"
+            f"WITH batch AS ({self.keys_past(after)} ORDER BY {self.key} LIMIT :rows), "
+            f"filled AS ({self.update_upto(after, last_key)} RETURNING 1) "
+            f"SELECT {last_key}, (SELECT count(*) FROM filled)"
+        )
+        upto, filled = connection.execute(statement, {"rows": rows, **bound_after(after)}).one()
+        return upto, filled
+
+    def window_end(self, connection: sa.Connection, after: Any, rows: int) -> Any:
+        """The greatest of the next `rows` keys past `after`; None at the end."""
+        statement = sa.text(
+            f"SELECT max({self.key}) FROM ({self.keys_past(after)} "
             f"ORDER BY {self.key} LIMIT :rows) AS batch"
         )
         return connection.execute(statement, {"rows": rows, **bound_after(after)}).scalar()
 
     def fill_window(self, connection: sa.Connection, after: Any, upto: Any) -> int:
-        """Fill the rows `where` selects among the keys past `after` up to `upto`; how many.
+        """Fill the rows `where` selects among the keys past `after` up to `upto`; how many."""
+        statement = sa.text(self.update_upto(after, ":upto"))
+        return connection.execute(statement, {"upto": upto, **bound_after(after)}).rowcount
 
-        `where` is wrapped in a CASE, which no index serves: the rows are found
-        along the key's index, never through an index of a column `where` names
-        (`priority IS NULL` on `ix_job_priority`), which SQLite's planner
-        prefers otherwise, going through every unfilled row for each batch.
-        """
+    def keys_past(self, after: Any) -> str:
+        past = "" if after is None else f" WHERE {self.key} > :after"
+        return f"SELECT {self.key} FROM {self.table}{past}"
+
+    def update_upto(self, after: Any, upto: str) -> str:
+        """The UPDATE of the rows `where` selects among the keys past `after` up to the
+        SQL expression `upto`."""
         past = "" if after is None else f"{self.key} > :after AND "
-        statement = sa.text(
-            f"UPDATE {self.table} SET {self.set_} WHERE {self.key} IN "
-            f"(SELECT {self.key} FROM {self.table} WHERE {past}{self.key} <= :upto) "
+        return (
+            f"UPDATE {self.table} SET {self.set_} WHERE {past}{self.key} <= {upto} "
             f"AND CASE WHEN ({self.where}) THEN 1 ELSE 0 END = 1"
         )
-        return connection.execute(statement, {"upto": upto, **bound_after(after)}).rowcount
 
     def run(self, context: MigrationContext, *, pause: bool) -> None:
         connection, after = context.connection, None
         size = self.fixed_size or FIRST_BATCH_ROWS
         reported = self.started
-        while (upto := self.window_end(connection, after, size)) is not None:
+        while True:
             began = time.monotonic()
-            self.filled += self.fill_window(connection, after, upto)
+            upto, filled = self.fill_batch(connection, after, size)
+            if upto is None:
+                break
             seconds = time.monotonic() - began
+            self.filled += filled
             after = upto
             if pause:
                 time.sleep(seconds * SQLITE_PAUSE_SHARE)
