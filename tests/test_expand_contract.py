@@ -1,7 +1,7 @@
 """The expand revision of tests/data/rolling/ outside a container: killed halfway, then run again.
 
-Its autocommit block commits as it goes, so a run killed during the fill
-leaves the column, the index and part of the fill behind while
+Its fill commits as it goes, so a run killed during the fill leaves the
+column and part of the fill behind (the index comes after the fill) while
 alembic_version still names the released head; the next run must start the
 revision again from the top and finish it (docs/replicas.md). The contract
 revision then follows through the `alembic` command line (which, unlike the

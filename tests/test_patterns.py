@@ -110,8 +110,8 @@ REPLICAS_GUIDE = DocsChain(
     "replicas.md",
     (
         ("expand-column", "e5a7d1000011"),
-        ("expand-index", "e5a7d1000012"),
-        ("expand-fill", "e5a7d1000013"),
+        ("expand-fill", "e5a7d1000012"),
+        ("expand-index", "e5a7d1000013"),
     ),
 )
 
