@@ -19,7 +19,8 @@ Each trial runs `alembic upgrade head` in its copy of the project while probe
 sessions stand in for the service: one reads a random loaded job by id, one
 updates one, one inserts a job, each every 10 ms in its own autocommit
 session. The figure is the longest any probe statement took while the
-upgrade ran: how long the service's reads or writes were held up by a lock.
+upgrade ran: how long the service's reads or writes were held up by a lock
+(and each probe's own longest, below it).
 Between trials the revision is downgraded and `job` vacuumed. The floor is
 the longest probe statement over a few seconds with no upgrade running. The
 upgrade's wall time (process start to exit) is printed beside each.
@@ -131,6 +132,7 @@ def measure(url: URL, rows: int, projects: dict[str, Path], runs: int) -> dict[s
     names = ["floor"]
     for name in projects:
         names += [name + LONGEST_WAIT, name + UPGRADE]
+        names += [f"{name}{LONGEST_WAIT}, {probe}" for probe in PROBES]
     figures = {name: Figure(name) for name in names}
     for _ in range(runs):
         with probing(url, rows) as probe:
@@ -142,6 +144,8 @@ def measure(url: URL, rows: int, projects: dict[str, Path], runs: int) -> dict[s
                 migrate(project, url, "upgrade", "head")
                 took = time.perf_counter() - started
             figures[name + LONGEST_WAIT].samples.append(Sample(probe.longest()))
+            for statement, longest in probe.longest_s.items():
+                figures[f"{name}{LONGEST_WAIT}, {statement}"].samples.append(Sample(longest))
             figures[name + UPGRADE].samples.append(Sample(took))
             migrate(project, url, "downgrade", HEAD)
             vacuum_job(url)

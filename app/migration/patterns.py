@@ -43,8 +43,10 @@ CALLER_TRANSACTION = "anibridge_caller_transaction"
 
 FIRST_BATCH_ROWS = 1_000
 MIN_BATCH_ROWS = 100
-BATCH_SECONDS = 0.05
-"""How long one batch should hold its row locks (SQLite: the write lock); the size follows."""
+BATCH_SECONDS = 0.025
+"""How long one batch should hold its row locks (SQLite: the write lock); the size follows.
+A quarter of the 100 ms a request of the service may wait (docs/performance.md, benchmark 7):
+on a loaded machine a batch can take a few times what the last one did."""
 SQLITE_PAUSE_SHARE = 0.5
 """On SQLite, the pause after each batch, as a share of the batch's time: the write lock is
 free then, so the service's writes (retrying every few milliseconds) get in between batches."""

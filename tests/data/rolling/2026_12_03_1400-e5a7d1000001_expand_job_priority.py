@@ -8,7 +8,7 @@ update:
 
 * ADD COLUMN without a default changes only the catalogue;
 * the fill (`fill_in_batches`) commits the run's transaction first, then
-  runs in batches of about 50 ms each, each its own short transaction, so no
+  runs in batches of about 25 ms each, each its own short transaction, so no
   row stays locked for long;
 * the index is built CONCURRENTLY, which needs no transaction around it
   (`autocommit_block`), and after the fill: built before it, every row the
