@@ -47,9 +47,11 @@ BATCH_SECONDS = 0.025
 """How long one batch should hold its row locks (SQLite: the write lock); the size follows.
 A quarter of the 100 ms a request of the service may wait (docs/performance.md, benchmark 7):
 on a loaded machine a batch can take a few times what the last one did."""
-SQLITE_PAUSE_SHARE = 0.5
-"""On SQLite, the pause after each batch, as a share of the batch's time: the write lock is
-free then, so the service's writes (retrying every few milliseconds) get in between batches."""
+PAUSE_SHARE = 0.5
+"""The pause after each committed batch, as a share of the batch's time. On SQLite the write
+lock is free then, so the service's writes (retrying every few milliseconds) get in between
+batches; on PostgreSQL the disk is left to the service's commits, which wait for their WAL to
+be flushed, and flush the fill's with it."""
 PROGRESS_EVERY_S = 5.0
 
 
@@ -170,7 +172,7 @@ def fill_in_batches(
         fixed_size=batch_size,
     )
     with leaving_transaction(context) as committing:
-        fill.run(context, pause=committing and context.dialect.name == "sqlite")
+        fill.run(context, pause=committing)
 
 
 def primary_key_column(connection: sa.Connection, table: str) -> str:
@@ -269,7 +271,7 @@ class BatchedFill:
             self.filled += filled
             after = upto
             if pause:
-                time.sleep(seconds * SQLITE_PAUSE_SHARE)
+                time.sleep(seconds * PAUSE_SHARE)
             if time.monotonic() - reported >= PROGRESS_EVERY_S:
                 reported = time.monotonic()
                 log.info(
