@@ -1,0 +1,415 @@
+"""Every safe pattern the docs give, as they write it, on a busy PostgreSQL table.
+
+The patterns of docs/migrations.md ("PostgreSQL: locks, timeouts and
+autocommit blocks", "A new NOT NULL column", "PostgreSQL lock hazards") and
+docs/replicas.md are their `<!-- docs-example: NAME -->` blocks, planted after
+the real head in a copy of the project (tests/test_patterns.py's `DocsChain`):
+the docs are the one source, the test keeps no copy. For each pattern:
+
+* timed: `alembic upgrade head`'s code runs the pattern on `job` and
+  `clienttask` holding rows while a second session (autocommit,
+  `lock_timeout` PROBE_LOCK_TIMEOUT) reads and writes them without pause; no
+  probe statement may run out of its lock_timeout, and the longest one is
+  reported (docs/migrations.md, "Measured: the longest block"). The harmful
+  form of one pattern (the foreign key validated in the transaction that added
+  it) fails the same check;
+* run again after a failure at any point: the upgrade fails right after each
+  statement of the pattern in turn (an event listener raises once the Nth has
+  run, committed or not as the upgrade left it), then the next run must
+  succeed and leave the rows and the schema exactly as one clean run does.
+  Failures after a SELECT are left out: they leave the database as the failure
+  after the statement before it does;
+* linted: the lint finds nothing in it.
+
+Each run starts from a database cloned from a template (CREATE DATABASE ...
+TEMPLATE), set up once: the real chain at head, then the rows.
+"""
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+import app.migration.patterns
+from app.migration.authoring.lint import lint_revisions
+from app.migration.revisions import alembic_config
+from tests.chain import copy_project
+from tests.conftest import postgres_server_url, settings_for
+from tests.test_patterns import DocsChain, plain_connection, project_config
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
+
+PROBE_LOCK_TIMEOUT = "100ms"
+PROBE_PAUSE_S = 0.005
+RERUN_ROWS = 2_000
+RERUN_BATCH = 1_000
+"""Batches of a fixed size in the failure runs, so every run sends the same statements."""
+
+JOB_ROWS = """
+INSERT INTO job (id, status, progress, downloaded_bytes, total_bytes, eta, message, result_path,
+                 source_site, created_at, updated_at)
+SELECT 'f' || lpad(to_hex(g), 31, '0'),
+       (ARRAY['queued', 'downloading', 'completed', 'failed', 'cancelled'])[g % 5 + 1],
+       g % 101, g * 1024, CASE WHEN g % 7 > 0 THEN g * 2048 END, NULLIF(g % 3600, 0),
+       CASE WHEN g % 11 > 0 THEN 'Folge ' || g END,
+       CASE WHEN g % 5 > 0 THEN '/downloads/Show ' || g % 500 || '/E' || g || '.mkv' END,
+       'aniworld.to', timestamptz '2024-05-01 12:30+00' + g * interval '1 second',
+       timestamptz '2024-05-01 12:35+00' + g * interval '1 second'
+FROM generate_series(1, :rows) AS g
+"""
+TASK_ROWS = """
+INSERT INTO clienttask (hash, name, slug, season, episode, language, job_id, added_on, state)
+SELECT id, 'Folge', 'show', 1, 1, 'German Dub', id, created_at, 'queued' FROM job
+"""
+ROW_DIGESTS = {
+    table: f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t.{key}), '')) "
+    f"FROM {table} AS t"
+    for table, key in (("job", "id"), ("clienttask", "hash"))
+}
+SCHEMA = {
+    "columns": "SELECT table_name, column_name, data_type, is_nullable, column_default "
+    "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2",
+    "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), "
+    "convalidated FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+    "indexes": "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i "
+    "JOIN pg_class c ON c.oid = i.indexrelid "
+    "WHERE c.relnamespace = 'public'::regnamespace ORDER BY 1",
+    "version": "SELECT version_num FROM alembic_version",
+}
+PATTERN_STATEMENT = re.compile(r"\b(?:job|clienttask)\b", re.I)
+BOOKKEEPING = re.compile(r"alembic_version|anibridge_|pg_|information_schema", re.I)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A safe pattern: docs examples run in order, the tables it works on, rows when timed."""
+
+    name: str
+    chain: DocsChain
+    tables: tuple[str, ...]
+    rows: int
+    """Jobs (and as many tasks) when timed: fewer for a pattern that fills every row."""
+
+
+def chain(doc: str, *examples: str, number: int) -> DocsChain:
+    return DocsChain(
+        doc, tuple((name, f"5afe{number:04x}{step:04x}") for step, name in enumerate(examples, 1))
+    )
+
+
+MANY, FEWER = 100_000, 20_000
+PATTERNS = (
+    Pattern("index", chain("migrations.md", "column", "index", "fill", number=1), ("job",), FEWER),
+    Pattern(
+        "expand (replicas)",
+        chain("replicas.md", "expand-column", "expand-index", "expand-fill", number=2),
+        ("job",),
+        FEWER,
+    ),
+    Pattern(
+        "NOT NULL with a server default",
+        chain("migrations.md", "not-null-server-default", number=3),
+        ("job",),
+        MANY,
+    ),
+    Pattern(
+        "NOT NULL: add, fill, then set",
+        chain("migrations.md", "not-null-add", "not-null-set", number=4),
+        ("job",),
+        FEWER,
+    ),
+    Pattern(
+        "foreign key",
+        chain("migrations.md", "foreign-key", number=5),
+        ("job", "clienttask"),
+        MANY,
+    ),
+    Pattern("check", chain("migrations.md", "check", number=6), ("job",), MANY),
+    Pattern("unique", chain("migrations.md", "unique", number=7), ("job",), MANY),
+    Pattern("type change", chain("migrations.md", "type-change", number=8), ("job",), FEWER),
+    Pattern(
+        "rename",
+        chain("migrations.md", "rename-expand", "rename-contract", number=9),
+        ("job",),
+        FEWER,
+    ),
+)
+BY_NAME = {pattern.name: pattern for pattern in PATTERNS}
+
+
+def validated_in_its_transaction(source: str) -> str:
+    """The harmful form: the block that should leave the transaction stays in it."""
+    return "import contextlib\n" + source.replace(
+        "outside_transaction()", "contextlib.nullcontext(False)"
+    )
+
+
+# --- databases ------------------------------------------------------------------
+
+
+@dataclass
+class Databases:
+    """Templates with rows, and clones of them that the test drops at its end."""
+
+    admin: sa.Engine
+    templates: dict[int, str] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)
+
+    def create(self, template: str | None = None) -> URL:
+        name = f"anibridge_safe_{uuid.uuid4().hex[:12]}"
+        clause = f' TEMPLATE "{template}"' if template else ""
+        with self.admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
+        self.created.append(name)
+        return postgres_server_url().set(database=name)
+
+    def template(self, rows: int, data_dir: Path) -> str:
+        """A database at the real head with `rows` jobs, each with a task."""
+        if rows not in self.templates:
+            url = self.create()
+            command.upgrade(alembic_config(settings=settings_for(url, data_dir)), "head")
+            with plain_connection(url) as connection:
+                connection.execute(sa.text(JOB_ROWS), {"rows": rows})
+                connection.execute(sa.text(TASK_ROWS))
+                connection.commit()
+            with sa.create_engine(
+                url, isolation_level="AUTOCOMMIT", poolclass=NullPool
+            ).connect() as c:
+                c.execute(sa.text("VACUUM ANALYZE"))
+            self.templates[rows] = url.database
+        return self.templates[rows]
+
+    def clone(self, rows: int, data_dir: Path) -> URL:
+        return self.create(self.template(rows, data_dir))
+
+    def drop(self, url: URL) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+        self.created.remove(url.database)
+
+    def drop_all(self) -> None:
+        for name in list(self.created):
+            self.drop(postgres_server_url().set(database=name))
+
+
+@pytest.fixture(scope="module")
+def databases(postgres_admin: sa.Engine) -> Iterator[Databases]:
+    found = Databases(postgres_admin)
+    yield found
+    found.drop_all()
+
+
+def snapshot(url: URL) -> dict[str, object]:
+    """Row counts and digests first, then the schema as the catalogue shows it."""
+    with plain_connection(url) as connection:
+        rows = {
+            table: tuple(connection.execute(sa.text(sql)).one())
+            for table, sql in ROW_DIGESTS.items()
+        }
+        schema = {
+            part: [tuple(row) for row in connection.execute(sa.text(sql))]
+            for part, sql in SCHEMA.items()
+        }
+    return {"rows": rows, **schema}
+
+
+def planted_project(
+    directory: Path, pattern: Pattern, harm: Callable[[str], str] | None = None
+) -> Path:
+    project = copy_project(directory / "project")
+    pattern.chain.plant(project)
+    if harm is not None:
+        for path in (project / "migrations" / "versions").glob("*5afe*.py"):
+            path.write_text(harm(path.read_text()))
+    return project
+
+
+# --- timed, with a second session reading and writing ------------------------------
+
+
+@dataclass
+class Probe:
+    """A second session reading and writing the tables, each statement with a short
+    lock_timeout, without pause until stopped."""
+
+    url: URL
+    tables: tuple[str, ...]
+    longest: float = 0.0
+    statements: int = 0
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def sql(self, connection: psycopg.Connection) -> list[tuple[str, tuple]]:
+        keys = {"job": "id", "clienttask": "hash"}
+        probes = []
+        for table in self.tables:
+            key = keys[table]
+            middle = connection.execute(
+                f"SELECT {key} FROM {table} ORDER BY {key} "
+                f"OFFSET (SELECT count(*) / 2 FROM {table}) LIMIT 1"
+            ).fetchone()[0]
+            probes.append((f"SELECT 1 FROM {table} LIMIT 1", ()))
+            column = "status" if table == "job" else "state"
+            probes.append((f"UPDATE {table} SET {column} = {column} WHERE {key} = %s", (middle,)))
+        return probes
+
+    def run(self) -> None:
+        conninfo = self.url.set(drivername="postgresql").render_as_string(False)
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f"SET lock_timeout = '{PROBE_LOCK_TIMEOUT}'")
+            probes = self.sql(connection)
+            self.started.set()
+            while not self.stop.is_set():
+                for statement, params in probes:
+                    began = time.monotonic()
+                    try:
+                        connection.execute(statement, params)
+                    except psycopg.Error as exc:
+                        self.failures.append(f"{statement}: {exc}".splitlines()[0])
+                    self.longest = max(self.longest, time.monotonic() - began)
+                    self.statements += 1
+                time.sleep(PROBE_PAUSE_S)
+
+
+@contextmanager
+def probing(url: URL, tables: tuple[str, ...]) -> Iterator[Probe]:
+    probe = Probe(url, tables)
+    thread = threading.Thread(target=probe.run, daemon=True)
+    thread.start()
+    assert probe.started.wait(10), "the probe session did not start"
+    try:
+        yield probe
+    finally:
+        probe.stop.set()
+        thread.join(10)
+
+
+@dataclass(frozen=True)
+class Timed:
+    pattern: str
+    rows: int
+    upgrade_s: float
+    longest_probe_ms: float
+    probes: int
+    failures: list[str]
+
+    def line(self) -> str:
+        return (
+            f"{self.pattern}: {self.rows} rows, upgrade {self.upgrade_s:.2f} s, "
+            f"longest probe {self.longest_probe_ms:.0f} ms over {self.probes} probe statements, "
+            f"{len(self.failures)} failed"
+        )
+
+
+def timed_upgrade(
+    databases: Databases, tmp_path: Path, pattern: Pattern, harm: Callable[[str], str] | None = None
+) -> Timed:
+    url = databases.clone(pattern.rows, tmp_path / "template-data")
+    project = planted_project(tmp_path, pattern, harm)
+    config = project_config(project, settings_for(url, tmp_path / "data"))
+    with probing(url, pattern.tables) as probe:
+        began = time.monotonic()
+        command.upgrade(config, "head")
+        took = time.monotonic() - began
+        time.sleep(0.05)
+    databases.drop(url)
+    timed = Timed(
+        pattern.name, pattern.rows, took, probe.longest * 1000, probe.statements, probe.failures
+    )
+    print(timed.line())
+    return timed
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_the_pattern_never_blocks_a_second_session(
+    databases: Databases, tmp_path: Path, name: str
+) -> None:
+    timed = timed_upgrade(databases, tmp_path, BY_NAME[name])
+    assert timed.failures == [], timed.line()
+    assert timed.probes > 0
+
+
+def test_validated_in_its_own_transaction_the_foreign_key_blocks_writes(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """The harmful form of the foreign key pattern (VALIDATE in the transaction of the ADD):
+    the second session's writes run out of their lock_timeout, and the lint says why."""
+    pattern = BY_NAME["foreign key"]
+    timed = timed_upgrade(databases, tmp_path, pattern, validated_in_its_transaction)
+    assert any("lock timeout" in failure for failure in timed.failures), timed.line()
+    findings = lint_revisions(ScriptDirectory(str(tmp_path / "project" / "migrations")))
+    keys = [finding.key for finding in findings if finding.revision.startswith("5afe")]
+    assert keys == ["validate_in_transaction clienttask.fk_clienttask_job_id_job"]
+
+
+# --- run again after a failure at any point -----------------------------------------
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the test right after the Nth statement of the pattern ran."""
+
+
+@contextmanager
+def pattern_statements(fail_after: int | None = None) -> Iterator[list[str]]:
+    """The statements the upgrade sends for the pattern (not its bookkeeping), SELECTs left
+    out; with `fail_after`, raise once that many have run."""
+    seen: list[str] = []
+
+    def count(_connection, _cursor, statement, *_args) -> None:
+        if not PATTERN_STATEMENT.search(statement) or BOOKKEEPING.search(statement):
+            return
+        if statement.lstrip().upper().startswith("SELECT"):
+            return
+        seen.append(statement)
+        if len(seen) == fail_after:
+            raise InjectedFailure(f"injected after statement {fail_after}: {statement}")
+
+    sa.event.listen(sa.Engine, "after_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(sa.Engine, "after_cursor_execute", count)
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_after_a_failure_at_any_statement_the_next_run_finishes_it(
+    databases: Databases, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pattern = BY_NAME[name]
+    monkeypatch.setattr(app.migration.patterns, "FIRST_BATCH_ROWS", RERUN_BATCH)
+    monkeypatch.setattr(app.migration.patterns, "next_batch_size", lambda size, _seconds: size)
+    project = planted_project(tmp_path, pattern)
+    data = tmp_path / "data"
+
+    clean_url = databases.clone(RERUN_ROWS, data)
+    with pattern_statements() as statements:
+        command.upgrade(project_config(project, settings_for(clean_url, data)), "head")
+    clean = snapshot(clean_url)
+    databases.drop(clean_url)
+    assert statements, "the pattern sent no statement"
+    findings = lint_revisions(ScriptDirectory(str(project / "migrations")))
+    assert [str(finding) for finding in findings if finding.revision.startswith("5afe")] == []
+
+    for number, statement in enumerate(statements, 1):
+        url = databases.clone(RERUN_ROWS, data)
+        config = project_config(project, settings_for(url, data))
+        with pattern_statements(fail_after=number), pytest.raises(Exception) as failed:
+            command.upgrade(config, "head")
+        assert "injected after statement" in str(failed.value), failed.value
+        command.upgrade(config, "head")
+        again = snapshot(url)
+        databases.drop(url)
+        assert again == clean, f"after a failure after {statement!r}"
