@@ -44,12 +44,21 @@ from sqlalchemy.pool import NullPool
 
 import app.migration.patterns
 from app.migration.authoring.lint import lint_revisions
-from app.migration.revisions import alembic_config
+from app.migration.revisions import alembic_config, current_heads
 from tests.chain import copy_project
 from tests.conftest import postgres_server_url, settings_for
-from tests.test_patterns import DocsChain, plain_connection, project_config
+from tests.test_patterns import (
+    MIGRATIONS_GUIDE,
+    REPLICAS_GUIDE,
+    DocsChain,
+    insert_jobs,
+    plain_connection,
+    project_config,
+    real_head,
+    scalar,
+)
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 PROBE_LOCK_TIMEOUT = "100ms"
 PROBE_PAUSE_S = 0.005
@@ -111,13 +120,8 @@ def chain(doc: str, *examples: str, number: int) -> DocsChain:
 
 MANY, FEWER = 100_000, 20_000
 PATTERNS = (
-    Pattern("index", chain("migrations.md", "column", "index", "fill", number=1), ("job",), FEWER),
-    Pattern(
-        "expand (replicas)",
-        chain("replicas.md", "expand-column", "expand-index", "expand-fill", number=2),
-        ("job",),
-        FEWER,
-    ),
+    Pattern("index", MIGRATIONS_GUIDE, ("job",), FEWER),
+    Pattern("expand (replicas)", REPLICAS_GUIDE, ("job",), FEWER),
     Pattern(
         "NOT NULL with a server default",
         chain("migrations.md", "not-null-server-default", number=3),
@@ -147,6 +151,10 @@ PATTERNS = (
     ),
 )
 BY_NAME = {pattern.name: pattern for pattern in PATTERNS}
+
+
+def planted(pattern: Pattern) -> set[str]:
+    return {revision for _name, revision in pattern.chain.revisions}
 
 
 def validated_in_its_transaction(source: str) -> str:
@@ -231,7 +239,8 @@ def planted_project(
     project = copy_project(directory / "project")
     pattern.chain.plant(project)
     if harm is not None:
-        for path in (project / "migrations" / "versions").glob("*5afe*.py"):
+        for _name, revision in pattern.chain.revisions:
+            [path] = (project / "migrations" / "versions").glob(f"*-{revision}_*.py")
             path.write_text(harm(path.read_text()))
     return project
 
@@ -333,6 +342,7 @@ def timed_upgrade(
     return timed
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("name", list(BY_NAME))
 def test_the_pattern_never_blocks_a_second_session(
     databases: Databases, tmp_path: Path, name: str
@@ -342,6 +352,7 @@ def test_the_pattern_never_blocks_a_second_session(
     assert timed.probes > 0
 
 
+@pytest.mark.postgres
 def test_validated_in_its_own_transaction_the_foreign_key_blocks_writes(
     databases: Databases, tmp_path: Path
 ) -> None:
@@ -351,7 +362,7 @@ def test_validated_in_its_own_transaction_the_foreign_key_blocks_writes(
     timed = timed_upgrade(databases, tmp_path, pattern, validated_in_its_transaction)
     assert any("lock timeout" in failure for failure in timed.failures), timed.line()
     findings = lint_revisions(ScriptDirectory(str(tmp_path / "project" / "migrations")))
-    keys = [finding.key for finding in findings if finding.revision.startswith("5afe")]
+    keys = [finding.key for finding in findings if finding.revision in planted(pattern)]
     assert keys == ["validate_in_transaction clienttask.fk_clienttask_job_id_job"]
 
 
@@ -384,32 +395,101 @@ def pattern_statements(fail_after: int | None = None) -> Iterator[list[str]]:
         sa.event.remove(sa.Engine, "after_cursor_execute", count)
 
 
-@pytest.mark.parametrize("name", list(BY_NAME))
-def test_after_a_failure_at_any_statement_the_next_run_finishes_it(
-    databases: Databases, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pattern = BY_NAME[name]
+def first_difference(found: dict[str, object], clean: dict[str, object]) -> str:
+    """The first part (rows before schema) where `found` differs from the clean run's."""
+    for part, expected in clean.items():
+        if found[part] != expected:
+            return f"{part}: {found[part]!r} where a clean run has {expected!r}"
+    return ""
+
+
+def runs_after_each_failure(
+    databases: Databases, project: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Fail the upgrade right after each of the pattern's statements in turn, run it again,
+    and say where that run failed or ended other than a clean run does."""
     monkeypatch.setattr(app.migration.patterns, "FIRST_BATCH_ROWS", RERUN_BATCH)
     monkeypatch.setattr(app.migration.patterns, "next_batch_size", lambda size, _seconds: size)
-    project = planted_project(tmp_path, pattern)
-    data = tmp_path / "data"
-
     clean_url = databases.clone(RERUN_ROWS, data)
     with pattern_statements() as statements:
         command.upgrade(project_config(project, settings_for(clean_url, data)), "head")
     clean = snapshot(clean_url)
     databases.drop(clean_url)
     assert statements, "the pattern sent no statement"
-    findings = lint_revisions(ScriptDirectory(str(project / "migrations")))
-    assert [str(finding) for finding in findings if finding.revision.startswith("5afe")] == []
 
+    problems = []
     for number, statement in enumerate(statements, 1):
         url = databases.clone(RERUN_ROWS, data)
         config = project_config(project, settings_for(url, data))
         with pattern_statements(fail_after=number), pytest.raises(Exception) as failed:
             command.upgrade(config, "head")
         assert "injected after statement" in str(failed.value), failed.value
-        command.upgrade(config, "head")
-        again = snapshot(url)
+        try:
+            command.upgrade(config, "head")
+        except Exception as exc:  # noqa: BLE001 - any failure of the second run is the finding
+            problems.append(f"after a failure after {statement!r}, the next run failed: {exc}")
+        else:
+            if difference := first_difference(snapshot(url), clean):
+                problems.append(f"after a failure after {statement!r}, {difference}")
         databases.drop(url)
-        assert again == clean, f"after a failure after {statement!r}"
+    return problems
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_after_a_failure_at_any_statement_the_next_run_finishes_it(
+    databases: Databases, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows and schema as after one clean run, and the pattern lints clean."""
+    pattern = BY_NAME[name]
+    project = planted_project(tmp_path, pattern)
+    findings = lint_revisions(ScriptDirectory(str(project / "migrations")))
+    assert [str(finding) for finding in findings if finding.revision in planted(pattern)] == []
+    assert runs_after_each_failure(databases, project, tmp_path / "data", monkeypatch) == []
+
+
+def added_again_without_dropping(source: str) -> str:
+    """The foreign key pattern without its DROP CONSTRAINT IF EXISTS before the ADD."""
+    drop = re.compile(r"^ *op\.execute\(\"ALTER TABLE \w+ DROP CONSTRAINT IF EXISTS .*\n", re.M)
+    assert drop.search(source), "the pattern has no DROP CONSTRAINT IF EXISTS any more"
+    return drop.sub("", source)
+
+
+@pytest.mark.postgres
+def test_without_its_drop_if_exists_the_foreign_key_fails_the_run_after_a_failure(
+    databases: Databases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure once the ADD has committed (after the VALIDATE) makes every later run stop
+    on "already exists"; the lint says so too (not_rerunnable)."""
+    pattern = BY_NAME["foreign key"]
+    project = planted_project(tmp_path, pattern, added_again_without_dropping)
+    problems = runs_after_each_failure(databases, project, tmp_path / "data", monkeypatch)
+    assert len(problems) == 1 and "already exists" in problems[0], problems
+    findings = lint_revisions(ScriptDirectory(str(project / "migrations")))
+    keys = [finding.key for finding in findings if finding.revision in planted(pattern)]
+    assert keys == ["not_rerunnable clienttask.fk_clienttask_job_id_job"]
+
+
+# --- SQLite -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_on_sqlite_the_pattern_upgrades_a_database_with_rows(
+    sqlite_url: URL, tmp_path: Path, name: str
+) -> None:
+    """The same docs blocks on SQLite, where `postgresql_*` options are ignored and the
+    PostgreSQL-only steps are skipped as the blocks say: every job and task stays."""
+    project = planted_project(tmp_path, BY_NAME[name])
+    config = project_config(project, settings_for(sqlite_url, tmp_path / "data"))
+    command.upgrade(config, real_head())
+    insert_jobs(sqlite_url, RERUN_ROWS)
+    with plain_connection(sqlite_url) as connection:
+        connection.execute(sa.text(TASK_ROWS))
+        connection.commit()
+
+    command.upgrade(config, "head")
+
+    with plain_connection(sqlite_url) as connection:
+        assert current_heads(connection) == (BY_NAME[name].chain.last,)
+    assert scalar(sqlite_url, "SELECT count(*) FROM job") == RERUN_ROWS
+    assert scalar(sqlite_url, "SELECT count(*) FROM clienttask") == RERUN_ROWS

@@ -115,9 +115,11 @@ CONCURRENT_INDEX = (
     "as op.create_index(..., postgresql_concurrently=concurrently, if_not_exists=True)"
 )
 VALIDATE_LATER = (
-    "add it with postgresql_not_valid=True, then run op.execute('ALTER TABLE ... VALIDATE "
-    "CONSTRAINT ...') inside `with outside_transaction():` (app.migration.patterns), where it "
-    "blocks neither reads nor writes"
+    "add it with postgresql_not_valid=True after op.execute('ALTER TABLE ... DROP CONSTRAINT "
+    "IF EXISTS ...') (so a run after a failed one gets past it), then run "
+    "op.execute('ALTER TABLE ... VALIDATE CONSTRAINT ...') inside `with "
+    "outside_transaction():` (app.migration.patterns), where it blocks neither reads nor "
+    "writes; not in the transaction that added it, whose lock would stay held while it checks"
 )
 NOT_NULL_COLUMN_ADDED = (
     "adds a NOT NULL column without a server default, which fails on every table with rows; "
@@ -256,8 +258,10 @@ class RecordingImpl(DefaultImpl):
                 "set_not_null",
                 where,
                 "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock; first "
-                f"add CHECK ({column_name} IS NOT NULL) with op.create_check_constraint(..., "
-                "postgresql_not_valid=True), then, inside `with outside_transaction():` "
+                "drop the check if a failed run left it (op.execute('ALTER TABLE ... DROP "
+                f"CONSTRAINT IF EXISTS ...')) and add CHECK ({column_name} IS NOT NULL) with "
+                "op.create_check_constraint(..., postgresql_not_valid=True), then, inside "
+                "`with outside_transaction():` "
                 "(app.migration.patterns), op.execute('ALTER TABLE ... VALIDATE CONSTRAINT "
                 "...'), SET NOT NULL (it then skips the scan) and drop the check",
             )
