@@ -49,8 +49,10 @@ from tests.chain import copy_project
 from tests.conftest import postgres_server_url, settings_for
 from tests.test_patterns import (
     MIGRATIONS_GUIDE,
+    PRIORITY,
     REPLICAS_GUIDE,
     DocsChain,
+    docs_examples,
     insert_jobs,
     plain_connection,
     project_config,
@@ -103,13 +105,16 @@ BOOKKEEPING = re.compile(r"alembic_version|anibridge_|pg_|information_schema", r
 
 @dataclass(frozen=True)
 class Pattern:
-    """A safe pattern: docs examples run in order, the tables it works on, rows when timed."""
+    """A safe pattern: docs examples run in order, the tables it works on, rows when timed,
+    and what is true on PostgreSQL once it has run."""
 
     name: str
     chain: DocsChain
     tables: tuple[str, ...]
     rows: int
     """Jobs (and as many tasks) when timed: fewer for a pattern that fills every row."""
+    done: str
+    """A query answering true once the pattern has done what it says."""
 
 
 def chain(doc: str, *examples: str, number: int) -> DocsChain:
@@ -118,36 +123,65 @@ def chain(doc: str, *examples: str, number: int) -> DocsChain:
     )
 
 
+def validated(constraint: str) -> str:
+    return f"SELECT bool_and(convalidated) FROM pg_constraint WHERE conname = '{constraint}'"
+
+
 MANY, FEWER = 100_000, 20_000
+FILLED_PRIORITY = f"SELECT bool_and(priority = {PRIORITY}) FROM job"
 PATTERNS = (
-    Pattern("index", MIGRATIONS_GUIDE, ("job",), FEWER),
-    Pattern("expand (replicas)", REPLICAS_GUIDE, ("job",), FEWER),
+    Pattern("index", MIGRATIONS_GUIDE, ("job",), FEWER, FILLED_PRIORITY),
+    Pattern("expand (replicas)", REPLICAS_GUIDE, ("job",), FEWER, FILLED_PRIORITY),
     Pattern(
         "NOT NULL with a server default",
         chain("migrations.md", "not-null-server-default", number=3),
         ("job",),
         MANY,
+        "SELECT bool_and(priority = 0) FROM job",
     ),
     Pattern(
         "NOT NULL: add, fill, then set",
         chain("migrations.md", "not-null-add", "not-null-set", number=4),
         ("job",),
         FEWER,
+        "SELECT bool_and(seen_at = updated_at) AND bool_and(attnotnull) FROM job, pg_attribute "
+        "WHERE attrelid = 'job'::regclass AND attname = 'seen_at'",
     ),
     Pattern(
         "foreign key",
         chain("migrations.md", "foreign-key", number=5),
         ("job", "clienttask"),
         MANY,
+        validated("fk_clienttask_job_id_job"),
     ),
-    Pattern("check", chain("migrations.md", "check", number=6), ("job",), MANY),
-    Pattern("unique", chain("migrations.md", "unique", number=7), ("job",), MANY),
-    Pattern("type change", chain("migrations.md", "type-change", number=8), ("job",), FEWER),
+    Pattern(
+        "check",
+        chain("migrations.md", "check", number=6),
+        ("job",),
+        MANY,
+        validated("ck_job_progress_range"),
+    ),
+    Pattern(
+        "unique",
+        chain("migrations.md", "unique", number=7),
+        ("job",),
+        MANY,
+        "SELECT bool_and(contype = 'u') FROM pg_constraint WHERE conname = 'uq_job_message'",
+    ),
+    Pattern(
+        "type change",
+        chain("migrations.md", "type-change", number=8),
+        ("job",),
+        FEWER,
+        "SELECT bool_and(eta_ms IS NOT DISTINCT FROM eta * 1000) FROM job",
+    ),
     Pattern(
         "rename",
         chain("migrations.md", "rename-expand", "rename-contract", number=9),
         ("job",),
         FEWER,
+        # the rows' result_path: NULL for every fifth (JOB_ROWS)
+        f"SELECT count(output_path) = {RERUN_ROWS - RERUN_ROWS // 5} FROM job",
     ),
 )
 BY_NAME = {pattern.name: pattern for pattern in PATTERNS}
@@ -404,7 +438,11 @@ def first_difference(found: dict[str, object], clean: dict[str, object]) -> str:
 
 
 def runs_after_each_failure(
-    databases: Databases, project: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+    databases: Databases,
+    pattern: Pattern,
+    project: Path,
+    data: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> list[str]:
     """Fail the upgrade right after each of the pattern's statements in turn, run it again,
     and say where that run failed or ended other than a clean run does."""
@@ -414,8 +452,10 @@ def runs_after_each_failure(
     with pattern_statements() as statements:
         command.upgrade(project_config(project, settings_for(clean_url, data)), "head")
     clean = snapshot(clean_url)
+    done = scalar(clean_url, pattern.done)
     databases.drop(clean_url)
     assert statements, "the pattern sent no statement"
+    assert done, f"after a clean run, not true: {pattern.done}"
 
     problems = []
     for number, statement in enumerate(statements, 1):
@@ -445,7 +485,9 @@ def test_after_a_failure_at_any_statement_the_next_run_finishes_it(
     project = planted_project(tmp_path, pattern)
     findings = lint_revisions(ScriptDirectory(str(project / "migrations")))
     assert [str(finding) for finding in findings if finding.revision in planted(pattern)] == []
-    assert runs_after_each_failure(databases, project, tmp_path / "data", monkeypatch) == []
+    assert (
+        runs_after_each_failure(databases, pattern, project, tmp_path / "data", monkeypatch) == []
+    )
 
 
 def added_again_without_dropping(source: str) -> str:
@@ -463,33 +505,44 @@ def test_without_its_drop_if_exists_the_foreign_key_fails_the_run_after_a_failur
     on "already exists"; the lint says so too (not_rerunnable)."""
     pattern = BY_NAME["foreign key"]
     project = planted_project(tmp_path, pattern, added_again_without_dropping)
-    problems = runs_after_each_failure(databases, project, tmp_path / "data", monkeypatch)
+    problems = runs_after_each_failure(databases, pattern, project, tmp_path / "data", monkeypatch)
     assert len(problems) == 1 and "already exists" in problems[0], problems
     findings = lint_revisions(ScriptDirectory(str(project / "migrations")))
     keys = [finding.key for finding in findings if finding.revision in planted(pattern)]
     assert keys == ["not_rerunnable clienttask.fk_clienttask_job_id_job"]
 
 
-# --- SQLite -------------------------------------------------------------------------
+# --- both engines, both ways -----------------------------------------------------
+
+
+def has_downgrades(pattern: Pattern) -> bool:
+    examples = docs_examples(pattern.chain.doc)
+    return all("def downgrade" in examples[name] for name, _revision in pattern.chain.revisions)
 
 
 @pytest.mark.parametrize("name", list(BY_NAME))
-def test_on_sqlite_the_pattern_upgrades_a_database_with_rows(
-    sqlite_url: URL, tmp_path: Path, name: str
+def test_the_pattern_upgrades_and_downgrades_a_database_with_rows(
+    database_url: URL, tmp_path: Path, name: str
 ) -> None:
-    """The same docs blocks on SQLite, where `postgresql_*` options are ignored and the
-    PostgreSQL-only steps are skipped as the blocks say: every job and task stays."""
-    project = planted_project(tmp_path, BY_NAME[name])
-    config = project_config(project, settings_for(sqlite_url, tmp_path / "data"))
+    """The same docs blocks on both engines (on SQLite `postgresql_*` options are ignored and
+    the PostgreSQL-only steps skipped, as the blocks say): every job and task stays, up and,
+    where the blocks have a downgrade, back down to the real head."""
+    pattern = BY_NAME[name]
+    project = planted_project(tmp_path, pattern)
+    config = project_config(project, settings_for(database_url, tmp_path / "data"))
     command.upgrade(config, real_head())
-    insert_jobs(sqlite_url, RERUN_ROWS)
-    with plain_connection(sqlite_url) as connection:
+    insert_jobs(database_url, RERUN_ROWS)
+    with plain_connection(database_url) as connection:
         connection.execute(sa.text(TASK_ROWS))
         connection.commit()
 
     command.upgrade(config, "head")
+    with plain_connection(database_url) as connection:
+        assert current_heads(connection) == (pattern.chain.last,)
+    if has_downgrades(pattern):
+        command.downgrade(config, real_head())
+        with plain_connection(database_url) as connection:
+            assert current_heads(connection) == (real_head(),)
 
-    with plain_connection(sqlite_url) as connection:
-        assert current_heads(connection) == (BY_NAME[name].chain.last,)
-    assert scalar(sqlite_url, "SELECT count(*) FROM job") == RERUN_ROWS
-    assert scalar(sqlite_url, "SELECT count(*) FROM clienttask") == RERUN_ROWS
+    assert scalar(database_url, "SELECT count(*) FROM job") == RERUN_ROWS
+    assert scalar(database_url, "SELECT count(*) FROM clienttask") == RERUN_ROWS
