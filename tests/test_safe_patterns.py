@@ -226,10 +226,10 @@ class Databases:
                 connection.execute(sa.text(JOB_ROWS), {"rows": rows})
                 connection.execute(sa.text(TASK_ROWS))
                 connection.commit()
-            with sa.create_engine(
-                url, isolation_level="AUTOCOMMIT", poolclass=NullPool
-            ).connect() as c:
-                c.execute(sa.text("VACUUM ANALYZE"))
+            vacuum = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+            with vacuum.connect() as connection:
+                connection.execute(sa.text("VACUUM ANALYZE"))  # the planner's figures, as live
+            vacuum.dispose()
             self.templates[rows] = url.database
         return self.templates[rows]
 
@@ -284,8 +284,8 @@ def planted_project(
 
 @dataclass
 class Probe:
-    """A second session reading and writing the tables, each statement with a short
-    lock_timeout, without pause until stopped."""
+    """A second session reading and updating a row of each table, every statement with a
+    short lock_timeout, round after round (PROBE_PAUSE_S apart) until stopped."""
 
     url: URL
     tables: tuple[str, ...]
