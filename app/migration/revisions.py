@@ -117,16 +117,17 @@ def several_heads_message(script: ScriptDirectory, heads: Sequence[str]) -> str:
     """What to do when the revision files end in more than one head: the one message for it.
 
     Two branches that each added a revision on the same parent give two heads
-    once both are merged. Either a merge revision joins them, or the newer
-    revision (its file name starts with the time it was written) is moved on
-    top of the other.
+    once both are merged. Either the newer revision (its file name starts with
+    the time it was written) is moved on top of the other, or a merge revision
+    joins them; rebasing comes first, since pytest-alembic's experimental
+    downgrade test cannot step across a merge (docs/migrations.md, "Two heads").
     """
     newest, other = sorted(heads, key=lambda head: Path(script.get_revision(head).path).name)[-2:]
     return (
         f"the revisions have {len(heads)} heads ({', '.join(sorted(heads))}), so there is no "
-        f'single head to upgrade to: join them with `alembic merge heads -m "merge heads"`, '
-        f"or rebase the newer revision onto the other head (in "
-        f'{Path(script.get_revision(newest).path).name} set down_revision = "{other}")'
+        f"single head to upgrade to: rebase the newer revision onto the other head (in "
+        f'{Path(script.get_revision(newest).path).name} set down_revision = "{other}"), '
+        f'or join them with `alembic merge heads -m "merge heads"`'
     )
 
 
