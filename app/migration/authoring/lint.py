@@ -79,6 +79,8 @@ from app.migration.authoring.autogenerate import generic_type
 from app.migration.authoring.lock_rules import statement_hazards
 from app.migration.authoring.squawk import SquawkMissing
 from app.migration.authoring.statements import Statement, split_sql
+from app.migration.errors import RevisionFileError
+from app.migration.revisions import script_directory
 
 DATA_LOSS = "acknowledged_data_loss"
 LOCK_HAZARDS = "acknowledged_lock_hazards"
@@ -522,7 +524,7 @@ def lint_revisions(script_directory: ScriptDirectory) -> list[Finding]:
 def revision_at(path: Path) -> Script:
     """The revision whose file is `path`, read from the versions folder it sits in."""
     migrations_dir = path.resolve().parents[1]
-    for script in ScriptDirectory(str(migrations_dir)).walk_revisions():
+    for script in script_directory(migrations_dir).walk_revisions():
         if Path(script.path).resolve() == path.resolve():
             return script
     raise LookupError(f"{path} is not a revision file of {migrations_dir}")
@@ -546,11 +548,9 @@ def main(argv: Sequence[str] = (), report: Callable[[str], None] = print) -> int
     args = parse_args(argv)
     if args.command == "hook":
         return report_new_revision(args.revision_file, report)
-    from app.migration.revisions import script_directory
-
     try:
         findings = lint_revisions(script_directory())
-    except SquawkMissing as exc:
+    except (SquawkMissing, RevisionFileError) as exc:
         report(f"lint: error: {exc}")
         return 2
     for finding in findings:
