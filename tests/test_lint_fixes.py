@@ -36,7 +36,11 @@ CHAINS = {
     "NOT NULL column added nullable, filled, then set NOT NULL": (
         DocsChain(
             "migrations.md",
-            (("not-null-add", "c0de00000021"), ("not-null-set", "c0de00000022")),
+            (
+                ("not-null-add", "c0de00000021"),
+                ("not-null-fill", "c0de00000022"),
+                ("not-null-set", "c0de00000023"),
+            ),
         ),
         "SELECT count(*) FROM job WHERE seen_at = updated_at",
     ),

@@ -20,8 +20,9 @@ Data loss, acknowledged in `acknowledged_data_loss`:
   whose old type the revision does not state);
 * `not_null <table>.<column>`: a NOT NULL column added without a server
   default to a table that may hold rows (it fails on every such table, so no
-  acknowledgement is accepted for it: add it nullable, fill it, make it NOT
-  NULL in a later revision, or give it a server default), or a column made
+  acknowledgement is accepted for it: add it nullable, fill it in a revision
+  of its own, make it NOT NULL in a later release, or give it a server
+  default), or a column made
   NOT NULL with no server default and no data step (`op.execute`) before it in
   the revision.
 
@@ -123,8 +124,9 @@ VALIDATE_LATER = (
 )
 NOT_NULL_COLUMN_ADDED = (
     "adds a NOT NULL column without a server default, which fails on every table with rows; "
-    "add it nullable, fill it (fill_in_batches), then set NOT NULL in a later revision, or "
-    'give it a server default (docs/migrations.md, "A new NOT NULL column")'
+    "add it nullable, fill it in a revision of its own (fill_in_batches), then set NOT NULL "
+    'in a later release, or give it a server default (docs/migrations.md, "A new NOT NULL '
+    'column")'
 )
 EXPAND_CONTRACT = (
     "the previous release, still serving during a rolling upgrade, may read it: expand now, "
