@@ -7,6 +7,7 @@ a database at head: each fails with one line naming the file and the error, and
 nothing is written (the database's bytes, the revision files, the manifest).
 """
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from sqlalchemy.engine import URL
 
 from app.migration.guarded_run import upgrade_database
 from app.migration.manifest import manifest_path
+from app.migration.unloadable_revisions import unloadable_revision_message
 from tests.chain import InjectedRevision, copy_project, plant_revisions, versions_of
 from tests.conftest import settings_for
 from tests.legacy_data import VENV_BIN, command_environment, sha256_of
@@ -121,3 +123,32 @@ def test_one_line_names_the_file_and_nothing_is_written(
         database.name,
         f"{database.name}.service-lock",
     }
+
+
+def raised_by(path: Path, call_upgrade: bool) -> Exception:
+    """What loading the revision file at `path` raises, or else calling its upgrade()."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        if call_upgrade:
+            module.upgrade()
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"{path.name} raised nothing")
+
+
+def test_only_a_failure_to_load_is_named_so(tmp_path: Path) -> None:
+    """A revision that loads and fails as it runs keeps its own error: it is no load failure."""
+    versions = tmp_path / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    loads = versions / "runs_badly.py"
+    loads.write_text("def upgrade():\n    return rank_values()\n")
+    fails = versions / "loads_badly.py"
+    fails.write_text("RANKS = rank_values()\n")
+
+    assert unloadable_revision_message(raised_by(loads, call_upgrade=True), versions) is None
+    assert unloadable_revision_message(raised_by(fails, call_upgrade=False), versions) == (
+        "migrations/versions/loads_badly.py cannot be loaded: NameError: name 'rank_values' is "
+        "not defined (line 1); fix it and run the command again"
+    )
