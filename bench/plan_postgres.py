@@ -52,9 +52,9 @@ PLAN_COMMAND = [PYTHON, "-m", "app.cli", "plan", "--json"]
 ADD_NOTE = InjectedRevision(
     "9a7e00000001",
     HEAD,
-    "Add job.note",
-    '    op.add_column("job", sa.Column("note", sa.String(), nullable=True))\n',
-    '    op.drop_column("job", "note")\n',
+    "Add job.fixture_note",
+    '    op.add_column("job", sa.Column("fixture_note", sa.String(), nullable=True))\n',
+    '    op.drop_column("job", "fixture_note")\n',
 )
 FLOOR = "floor: longest probe wait, nothing running"
 UPGRADE_WAIT = "upgrade: longest probe wait"

@@ -1,6 +1,6 @@
 """An expand/contract change of `job`, and the rows it runs over (tests and the lock benchmark).
 
-The two revisions in tests/data/rolling/ add `job.priority` the way a change
+The two revisions in tests/data/rolling/ add `job.fixture_priority` the way a change
 must be written when replicas of the previous release keep serving during the
 upgrade (docs/replicas.md): `EXPAND` after the released head, `CONTRACT` in a
 later release. They are test fixtures, not product revisions.

@@ -213,13 +213,13 @@ def scalar(database: sa.Engine, query: str, **parameters: object) -> object:
 
 
 def priority_column(database: sa.Engine) -> tuple[str, str | None]:
-    """`is_nullable` and `column_default` of job.priority."""
+    """`is_nullable` and `column_default` of job.fixture_priority."""
     with database.connect() as connection:
         return tuple(
             connection.execute(
                 sa.text(
                     "SELECT is_nullable, column_default FROM information_schema.columns "
-                    "WHERE table_name = 'job' AND column_name = 'priority'"
+                    "WHERE table_name = 'job' AND column_name = 'fixture_priority'"
                 )
             ).one()
         )
@@ -255,8 +255,10 @@ def test_rolling_upgrade_keeps_the_old_replicas_serving(
 
     assert priority_column(database) == ("YES", None)
     with database.connect() as connection:
-        assert index_is_valid(connection, "ix_job_priority")
-    unfilled = scalar(database, "SELECT array_agg(id) FROM job WHERE priority IS NULL") or []
+        assert index_is_valid(connection, "ix_job_fixture_priority")
+    unfilled = (
+        scalar(database, "SELECT array_agg(id) FROM job WHERE fixture_priority IS NULL") or []
+    )
     assert set(unfilled) <= set(traffic.created_ids), "a loaded job was left unfilled"
 
     first.stop()
@@ -264,7 +266,7 @@ def test_rolling_upgrade_keeps_the_old_replicas_serving(
     roll_out(containers, contract_image, [expanded_by], (EXPAND, CONTRACT), settings)
 
     assert priority_column(database) == ("NO", "0")
-    assert scalar(database, "SELECT count(*) FROM job WHERE priority IS NULL") == 0
+    assert scalar(database, "SELECT count(*) FROM job WHERE fixture_priority IS NULL") == 0
     assert scalar(database, "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'ck_job%'") == 0
     with database.connect() as connection:
         assert upgrades_recorded(connection, EXPAND) == upgrades_recorded(connection, CONTRACT) == 1
@@ -295,4 +297,4 @@ def test_three_replicas_started_at_once_upgrade_once(
     assert all(f"Database is up to date at revision {EXPAND}" in log for log in waited), waited
     with database.connect() as connection:
         assert upgrades_recorded(connection, EXPAND) == 1
-    assert scalar(database, "SELECT count(*) FROM job WHERE priority IS NULL") == 0
+    assert scalar(database, "SELECT count(*) FROM job WHERE fixture_priority IS NULL") == 0

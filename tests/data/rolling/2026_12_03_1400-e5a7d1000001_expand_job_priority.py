@@ -1,4 +1,4 @@
-"""Expand: job.priority, nullable, indexed concurrently, filled in batches.
+"""Expand: job.fixture_priority, nullable, indexed concurrently, filled in batches.
 
 The first half of an expand/contract change (docs/replicas.md). Every step
 leaves a schema the previous release still serves from: its SELECTs name
@@ -40,7 +40,7 @@ depends_on: str | Sequence[str] | None = None
 BATCH_ROWS = 1_000
 PRIORITY = "CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END"
 FILL_BATCH = sa.text(
-    f"UPDATE job SET priority = {PRIORITY} "
+    f"UPDATE job SET fixture_priority = {PRIORITY} "
     "WHERE id IN (SELECT id FROM job WHERE id > :after ORDER BY id LIMIT :batch) "
     "RETURNING id"
 )
@@ -48,12 +48,22 @@ FILL_BATCH = sa.text(
 
 def upgrade() -> None:
     """Upgrade schema."""
-    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True), if_not_exists=True)
+    op.add_column(
+        "job", sa.Column("fixture_priority", sa.Integer(), nullable=True), if_not_exists=True
+    )
     with op.get_context().autocommit_block():
         op.drop_index(
-            op.f("ix_job_priority"), table_name="job", postgresql_concurrently=True, if_exists=True
+            op.f("ix_job_fixture_priority"),
+            table_name="job",
+            postgresql_concurrently=True,
+            if_exists=True,
         )
-        op.create_index(op.f("ix_job_priority"), "job", ["priority"], postgresql_concurrently=True)
+        op.create_index(
+            op.f("ix_job_fixture_priority"),
+            "job",
+            ["fixture_priority"],
+            postgresql_concurrently=True,
+        )
         fill_priority()
 
 
@@ -64,7 +74,7 @@ def fill_priority() -> None:
     walk: the fill is written as the one statement the batches add up to.
     """
     if op.get_context().as_sql:
-        op.execute(f"UPDATE job SET priority = {PRIORITY}")
+        op.execute(f"UPDATE job SET fixture_priority = {PRIORITY}")
         return
     connection, after = op.get_bind(), ""
     while ids := connection.execute(FILL_BATCH, {"after": after, "batch": BATCH_ROWS}).all():
@@ -74,5 +84,7 @@ def fill_priority() -> None:
 def downgrade() -> None:
     """Downgrade schema."""
     with op.get_context().autocommit_block():
-        op.drop_index(op.f("ix_job_priority"), table_name="job", postgresql_concurrently=True)
-    op.drop_column("job", "priority")
+        op.drop_index(
+            op.f("ix_job_fixture_priority"), table_name="job", postgresql_concurrently=True
+        )
+    op.drop_column("job", "fixture_priority")
