@@ -38,11 +38,9 @@ from bench.common import (
     scratch_dir,
     scratch_postgres_database,
 )
-from bench.data import copy_project
 from bench.locks import FLOOR_WINDOW_S, autocommit_engine, migrate, probing, vacuum_job
+from tests.chain import HEAD, InjectedRevision, copy_project, plant_revisions
 from tests.expand_contract import insert_jobs
-from tests.faults import InjectedRevision, inject_revisions
-from tests.legacy_data import HEAD
 
 FULL_ROWS = 1_000_000
 QUICK_ROWS = 100_000
@@ -51,7 +49,6 @@ PLAN_EXIT_WOULD_CHANGE = 2
 PLAN_COMMAND = [PYTHON, "-m", "app.cli", "plan", "--json"]
 ADD_NOTE = InjectedRevision(
     "9a7e00000001",
-    HEAD,
     "Add job.note",
     '    op.add_column("job", sa.Column("note", sa.String(), nullable=True))\n',
     '    op.drop_column("job", "note")\n',
@@ -72,7 +69,7 @@ def run(quick: bool, runs: int) -> Report:
         insert_jobs(url, rows)
         vacuum_job(url)
         project = copy_project(scratch / "project")
-        inject_revisions(project, [ADD_NOTE])
+        plant_revisions(project, [ADD_NOTE])
         figures = measure(url, rows, project, runs)
     for name in (FLOOR, UPGRADE_WAIT):
         report.add(figures[name])
