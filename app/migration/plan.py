@@ -90,7 +90,7 @@ class Plan:
     backup: dict[str, Any] | None = None
     refusal: str | None = None
     not_copied: list[str] = field(default_factory=list)
-    """PostgreSQL: the live schema's objects the scratch copy lacks, so the rehearsal ran without."""
+    """PostgreSQL: the live schema's objects the scratch copy lacks (the rehearsal ran without)."""
 
     @property
     def exit_code(self) -> int:
