@@ -74,6 +74,8 @@ def run(quick: bool, runs: int) -> Report:
     for name in (FLOOR, UPGRADE_WAIT):
         report.add(figures[name])
     report.add(figures[PLAN_WAIT], figures[UPGRADE_WAIT])
+    for name in (FLOOR, UPGRADE_WAIT, PLAN_WAIT):
+        report.lines.append(f"    {name.split(':')[0]}, each run: {milliseconds(figures[name])}")
     floor_cost = Figure(
         "floor: upgrade + copy by hand",
         [Sample(u.seconds + c.seconds) for u, c in zip(*samples_of(figures), strict=True)],
@@ -97,6 +99,11 @@ def run(quick: bool, runs: int) -> Report:
         f"{cost:.2f}x",
     )
     return report
+
+
+def milliseconds(figure: Figure) -> str:
+    """The figure's samples in the order they ran: the spread behind its median."""
+    return ", ".join(f"{sample.seconds * 1e3:.0f}" for sample in figure.samples) + " ms"
 
 
 def samples_of(figures: dict[str, Figure]) -> tuple[list[Sample], list[Sample]]:
