@@ -45,12 +45,9 @@ log = logging.getLogger(__name__)
 
 SCRATCH_PREFIX = "anibridge_plan_"
 INSUFFICIENT_PRIVILEGE = "42501"
-COPY_SESSION = "-csynchronous_commit=off -cmaintenance_work_mem=256MB -cbackend_flush_after=256kB"
+COPY_SESSION = "-csynchronous_commit=off -cmaintenance_work_mem=256MB"
 """The copy's sessions: commits that need not wait for the disk (the copy is thrown away),
-room to sort in memory when its indexes are built (docs/plan.md), and the pages they
-write handed to the disk 256 kB at a time rather than left for a checkpoint's fsync to
-flush at once, which the live service's commits would queue behind (docs/performance.md,
-benchmark 9)."""
+and room to sort in memory when its indexes are built (measured below, docs/plan.md)."""
 
 
 class ScratchCopyError(MigrationError):
