@@ -51,6 +51,7 @@ PLAN_KEYS = {
     "refusal",
     "steps",
     "backup",
+    "not_copied",
 }
 STEP_KEYS = {"kind", "revision", "message", "seconds", "schema", "statements", "rebuilt"}
 STEP_KEYS |= {"tables", "locks"}
@@ -737,6 +738,30 @@ def test_invalid_index_cleanup_is_not_run_by_the_plan(
     code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["pending"] == [DATA_CHANGE.revision]
+    assert planned["not_copied"] == ["invalid index ix_broken on job"]
+
+
+def test_plan_names_what_the_copy_left_out(
+    postgres_url: URL, data_dir: Path, tmp_path: Path
+) -> None:
+    """A trigger the upgrade would fire is not on the copy: the plan says it ran without it."""
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
+    run_sql(
+        postgres_url,
+        "CREATE FUNCTION stamp_job() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN NEW.message := 'stamped'; RETURN NEW; END $$",
+        "CREATE TRIGGER job_stamp BEFORE UPDATE ON job FOR EACH ROW EXECUTE FUNCTION stamp_job()",
+        "CREATE MATERIALIZED VIEW job_counts AS SELECT status, count(*) FROM job GROUP BY status",
+    )
+    left_out = [
+        "function stamp_job()",
+        "materialized view job_counts",
+        "trigger job_stamp on job",
+    ]
+    code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
+    assert code == 2 and planned["not_copied"] == left_out
+    text = plan_text(project, env).stdout
+    assert f"rehearsed without: {', '.join(left_out)} (not copied;" in text
 
 
 @pytest.mark.timeout(120)
@@ -967,8 +992,9 @@ def test_scratch_copy_has_every_object_row_and_sequence_value_of_the_live_databa
     live = schema_fingerprint(postgres_url)
     notices: list[str] = []
     with scratch_copy(postgres_url, 5, notices.append) as copy:
-        assert schema_fingerprint(copy) == live
-        assert copy.database != postgres_url.database
+        assert schema_fingerprint(copy.url) == live
+        assert copy.url.database != postgres_url.database
+        assert copy.left_out == []
     assert_scratch_copy_gone(
         {"DATABASE_URL": postgres_url.render_as_string(False)}, " ".join(notices)
     )
