@@ -28,7 +28,6 @@ from sqlmodel import Session, col
 
 from app.data.models import Job, utc_now
 from app.data.session import session_scope
-from app.migration.errors import database_reason
 
 LEASE = timedelta(seconds=60)
 HEARTBEAT_INTERVAL = LEASE / 3
@@ -100,7 +99,10 @@ class Heartbeat:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stopping.set()
         self.thread.join()
@@ -110,8 +112,7 @@ class Heartbeat:
             try:
                 self.beat(utc_now())
             except DBAPIError as exc:
-                reason = database_reason(exc, self.engine.url)
-                log.warning("Job lease heartbeat failed, trying again: %s", reason)
+                log.warning("Job lease heartbeat failed, trying again: %s", first_line(exc))
 
     def beat(self, now: datetime) -> tuple[int, int]:
         """(leases renewed, expired jobs failed), in one transaction."""
@@ -122,3 +123,7 @@ class Heartbeat:
             log.info("Marked %d jobs whose service stopped renewing them as failed", expired)
         return renewed, expired
 
+
+def first_line(error: DBAPIError) -> str:
+    """The driver's first line: its message names the server, never the password."""
+    return (str(error.orig).strip().splitlines() or [type(error).__name__])[0]
