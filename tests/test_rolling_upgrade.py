@@ -208,13 +208,15 @@ def roll_out(
     serving: list[Container],
     revisions: tuple[str, str],
     settings: dict[str, str],
+    loaded_jobs: int = ROLLING_JOBS,
 ) -> tuple[Container, Traffic]:
     """Start a container of `image` while `serving` answer traffic, until it serves.
 
     Every request must succeed, none under way during the upgrade may take 1 s,
     and the new container must have upgraded from `revisions[0]` to `revisions[1]`.
+    `loaded_jobs`: how many jobs `insert_jobs` loaded (the clients read them).
     """
-    with Traffic(serving, ROLLING_JOBS) as traffic:
+    with Traffic(serving, loaded_jobs) as traffic:
         time.sleep(SETTLE_S)
         started = time.monotonic()
         upgrading = containers.run(containers.volume(), image=image, **settings)
@@ -373,7 +375,8 @@ def test_a_rolling_upgrade_leaves_the_old_replicas_jobs_to_them(
     insert_jobs(postgres_url, OLD_RELEASE_JOBS)
     running = start_jobs(old, RUNNING_JOBS)
 
-    new, traffic = roll_out(containers, containers.image, old, (CHAIN[-2], HEAD), settings)
+    upgrade = (CHAIN[-2], HEAD)
+    new, traffic = roll_out(containers, containers.image, old, upgrade, settings, OLD_RELEASE_JOBS)
     # A second replica of the new release starts while the old ones still run their jobs.
     assert containers.run(containers.volume(), **settings).wait_for_health()["revision"] == HEAD
     finishing = finish_jobs(old, running)
@@ -389,7 +392,10 @@ def test_a_rolling_upgrade_leaves_the_old_replicas_jobs_to_them(
 
     for replica in old:
         replica.stop()
-    _, later = roll_out(containers, owners_contract_image, [new], (HEAD, OWNERS_CONTRACT), settings)
+    contract = (HEAD, OWNERS_CONTRACT)
+    _, later = roll_out(
+        containers, owners_contract_image, [new], contract, settings, OLD_RELEASE_JOBS
+    )
 
     left_by_old = {("failed", INTERRUPTED): len(traffic.created_ids)}
     assert job_counts(database, traffic.created_ids) == left_by_old
