@@ -48,6 +48,11 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+def instance_id(request: Request) -> str:
+    """This service's INSTANCE_ID: the owner of the jobs it creates or updates."""
+    return request.app.state.instance_id
+
+
 def not_found(what: str) -> HTTPException:
     return HTTPException(status_code=404, detail=f"{what} not found")
 
@@ -98,8 +103,8 @@ class JobUpdate(BaseModel):
 
 
 @router.post("/jobs", status_code=201, responses=UNPARSABLE_BODY)
-def create_job(body: JobCreate, session: SessionDep) -> Job:
-    return crud.create_job(session, source_site=body.source_site)
+def create_job(body: JobCreate, session: SessionDep, request: Request) -> Job:
+    return crud.create_job(session, source_site=body.source_site, owner=instance_id(request))
 
 
 @router.get("/jobs")
@@ -120,8 +125,9 @@ def get_job(job_id: Segment, session: SessionDep) -> Job:
 
 
 @router.patch("/jobs/{job_id}", responses={**NOT_FOUND, **UNPARSABLE_BODY})
-def update_job(job_id: Segment, body: JobUpdate, session: SessionDep) -> Job:
-    job = crud.update_job(session, job_id, **body.model_dump(exclude_unset=True))
+def update_job(job_id: Segment, body: JobUpdate, session: SessionDep, request: Request) -> Job:
+    changes = body.model_dump(exclude_unset=True)
+    job = crud.update_job(session, job_id, owner=instance_id(request), **changes)
     if job is None:
         raise not_found("job")
     return job

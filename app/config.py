@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,9 @@ SETTING_NAMES = (
     "HOST",
     "PORT",
     "LOG_LEVEL",
+    "INSTANCE_ID",
 )
+INSTANCE_ID_MAX_LENGTH = 200
 URL_HINT = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
@@ -61,6 +65,8 @@ class Settings:
     host: str
     port: int
     log_level: str
+    instance_id: str
+    """Who owns the jobs this service creates and renews (app.data.leases)."""
 
     @property
     def backups_dir(self) -> Path:
@@ -163,7 +169,26 @@ def parse_options(env: Mapping[str, str]) -> dict[str, Any]:
         "host": env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
         "port": int_option(env, "PORT", "8000", low=1, high=65535),
         "log_level": parse_choice("LOG_LEVEL", env.get("LOG_LEVEL", "info"), LOG_LEVELS),
+        "instance_id": parse_instance_id(env.get("INSTANCE_ID")),
     }
+
+
+def parse_instance_id(raw: str | None) -> str:
+    """INSTANCE_ID, else one of this process's own: the host name and a random suffix.
+
+    The host name alone is no identity: containers on the host's network all
+    share the host's, and two replicas with one identity would fail each
+    other's jobs at start (docs/replicas.md, "Whose jobs a start fails").
+    """
+    if raw is None:
+        return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    word = raw.strip()
+    if not word or len(word) > INSTANCE_ID_MAX_LENGTH or not word.isprintable():
+        raise ConfigError(
+            f"INSTANCE_ID={raw!r} is not valid: use 1 to {INSTANCE_ID_MAX_LENGTH} "
+            "printable characters, unique to this replica"
+        )
+    return word
 
 
 def int_option(env: Mapping[str, str], name: str, default: str, *, low: int, high: int) -> int:

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from app.api import mount_api
 from app.config import Settings, get_settings
-from app.data import crud
+from app.data.leases import Heartbeat, fail_jobs_left_at_start
 from app.data.session import session_scope
 from app.engine import make_engine
 from app.migration.at_head import at_vouched_head
@@ -56,19 +56,29 @@ def running_service(settings: Settings) -> Iterator[tuple[str | None, Engine]]:
     """What the service holds while it serves: the database ready, its engine, its lock.
 
     On SQLite the service lock is held shared for the whole time, so
-    `anibridge restore` can tell that the database is in use.
+    `anibridge restore` can tell that the database is in use. The jobs no
+    running service holds are failed first, and a heartbeat keeps this one's
+    claims for as long as it serves (app.data.leases).
     """
     with service_lock_if_sqlite(settings):
         revision = prepare_database(settings)
         engine = make_engine(settings.database_url)
         try:
-            with session_scope(engine) as session:
-                interrupted = crud.fail_interrupted_jobs(session)
-            if interrupted:
-                log.info("Marked %d interrupted jobs as failed", interrupted)
-            yield revision, engine
+            fail_jobs_left(settings, engine)
+            with Heartbeat(engine, settings.instance_id):
+                yield revision, engine
         finally:
             engine.dispose()
+
+
+def fail_jobs_left(settings: Settings, engine: Engine) -> None:
+    """Fail the jobs an earlier run of this service, or a stopped replica, left unfinished."""
+    with session_scope(engine) as session:
+        interrupted = fail_jobs_left_at_start(
+            session, settings.instance_id, sole_service=settings.is_sqlite
+        )
+    if interrupted:
+        log.info("Marked %d interrupted jobs as failed", interrupted)
 
 
 def service_lock_if_sqlite(settings: Settings) -> AbstractContextManager:
@@ -90,7 +100,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if getattr(app.state, "engine", None) is not None:
         yield
         return
-    with running_service(get_settings()) as (app.state.schema_revision, app.state.engine):
+    settings = get_settings()
+    app.state.instance_id = settings.instance_id
+    with running_service(settings) as (app.state.schema_revision, app.state.engine):
         yield
 
 
@@ -110,6 +122,7 @@ def serve(settings: Settings) -> None:
     with running_service(settings) as (revision, engine):
         service = create_app()
         service.state.schema_revision, service.state.engine = revision, engine
+        service.state.instance_id = settings.instance_id
         uvicorn.run(
             service,
             host=settings.host,

@@ -1,6 +1,6 @@
 """7. Longest lock on `job` (PostgreSQL): the revision autogenerate writes, against the expand one.
 
-The same model change both ways: `Job` gains `priority: int | None` with an
+The same model change both ways: `Job` gains `fixture_priority: int | None` with an
 index, on a `job` table of 1,000,000 rows (100,000 with --quick) in a scratch
 database on the host's server (BENCH_POSTGRES_URL, default the local
 trust-auth one).
@@ -9,11 +9,11 @@ trust-auth one).
   change, generated here in a copy of the project whose model has the field:
   ADD COLUMN and CREATE INDEX, in the run's one transaction;
 * autogenerate + one UPDATE: the same file with the fill the expand revision
-  does written the plain way, one `UPDATE job SET priority = ...` at the end
+  does written the plain way, one `UPDATE job SET fixture_priority = ...` at the end
   of its upgrade(), as a developer would add it;
 * expand: tests/data/rolling's expand revision (docs/replicas.md): the column,
-  the index built CONCURRENTLY, and a fill of every row in batches
-  (`fill_in_batches`).
+  a fill of every row in batches (`fill_in_batches`), then the index built
+  CONCURRENTLY.
 
 Each trial runs `alembic upgrade head` in its copy of the project while probe
 sessions stand in for the service: one reads a random loaded job by id, one
@@ -65,7 +65,7 @@ FLOOR_WINDOW_S = 3.0
 TARGET_LONGEST_WAIT_S = 0.1
 TARGET_UPGRADE_RATIO = 1.5
 MODEL_FIELD_AFTER = "    message: str | None = None\n"
-MODEL_FIELD = "    priority: int | None = Field(default=None, index=True)\n"
+MODEL_FIELD = "    fixture_priority: int | None = Field(default=None, index=True)\n"
 AUTOGENERATE = "autogenerate's revision"
 AUTOGENERATE_AND_FILL = "autogenerate's + one UPDATE"
 EXPAND_TRIAL = "expand revision"
@@ -73,7 +73,8 @@ LONGEST_WAIT = ": longest wait"
 UPGRADE = ": upgrade"
 UPGRADE_END = "\n\ndef downgrade() -> None:"
 ONE_STATEMENT_FILL = (
-    "UPDATE job SET priority = CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END"
+    "UPDATE job SET fixture_priority = "
+    "CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END"
 )
 PROBES = {
     "read": "SELECT id, status FROM job WHERE id = :id",

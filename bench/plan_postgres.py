@@ -38,11 +38,9 @@ from bench.common import (
     scratch_dir,
     scratch_postgres_database,
 )
-from bench.data import copy_project
 from bench.locks import FLOOR_WINDOW_S, autocommit_engine, migrate, probing, vacuum_job
+from tests.chain import HEAD, InjectedRevision, copy_project, plant_revisions
 from tests.expand_contract import insert_jobs
-from tests.faults import InjectedRevision, inject_revisions
-from tests.legacy_data import HEAD
 
 FULL_ROWS = 1_000_000
 QUICK_ROWS = 100_000
@@ -51,10 +49,9 @@ PLAN_EXIT_WOULD_CHANGE = 2
 PLAN_COMMAND = [PYTHON, "-m", "app.cli", "plan", "--json"]
 ADD_NOTE = InjectedRevision(
     "9a7e00000001",
-    HEAD,
-    "Add job.note",
-    '    op.add_column("job", sa.Column("note", sa.String(), nullable=True))\n',
-    '    op.drop_column("job", "note")\n',
+    "Add job.fixture_note",
+    '    op.add_column("job", sa.Column("fixture_note", sa.String(), nullable=True))\n',
+    '    op.drop_column("job", "fixture_note")\n',
 )
 FLOOR = "floor: longest probe wait, nothing running"
 UPGRADE_WAIT = "upgrade: longest probe wait"
@@ -72,11 +69,13 @@ def run(quick: bool, runs: int) -> Report:
         insert_jobs(url, rows)
         vacuum_job(url)
         project = copy_project(scratch / "project")
-        inject_revisions(project, [ADD_NOTE])
+        plant_revisions(project, [ADD_NOTE])
         figures = measure(url, rows, project, runs)
     for name in (FLOOR, UPGRADE_WAIT):
         report.add(figures[name])
     report.add(figures[PLAN_WAIT], figures[UPGRADE_WAIT])
+    for name in (FLOOR, UPGRADE_WAIT, PLAN_WAIT):
+        report.lines.append(f"    {name.split(':')[0]}, each run: {milliseconds(figures[name])}")
     floor_cost = Figure(
         "floor: upgrade + copy by hand",
         [Sample(u.seconds + c.seconds) for u, c in zip(*samples_of(figures), strict=True)],
@@ -100,6 +99,11 @@ def run(quick: bool, runs: int) -> Report:
         f"{cost:.2f}x",
     )
     return report
+
+
+def milliseconds(figure: Figure) -> str:
+    """The figure's samples in the order they ran: the spread behind its median."""
+    return ", ".join(f"{sample.seconds * 1e3:.0f}" for sample in figure.samples) + " ms"
 
 
 def samples_of(figures: dict[str, Figure]) -> tuple[list[Sample], list[Sample]]:

@@ -8,6 +8,8 @@ below (lock, single transaction, newer-database refusal, legacy adoption,
 backup, invalid indexes dropped, foreign-key check), and the whole run is tried
 again when a statement's lock_timeout runs out (`app.migration.lock_retry`);
 runs that only read (current, check, history) take no lock and write nothing.
+Every run starts by loading the revision files, so one that cannot be loaded
+is named in one line before anything is opened.
 """
 
 from logging.config import fileConfig
@@ -25,7 +27,7 @@ from app.migration.errors import MigrationError
 from app.migration.guarded_run import protections, writes_to_database
 from app.migration.journal import COMPARE_OPTIONS
 from app.migration.lock_retry import retrying_lock_timeouts
-from app.migration.revisions import refuse_unknown_revisions
+from app.migration.revisions import load_revisions, refuse_unknown_revisions
 
 config = context.config
 
@@ -138,6 +140,7 @@ def run_guarded(connection, settings) -> None:
             run.check_foreign_keys()
 
 
+load_revisions(context.script)
 if context.is_offline_mode():
     run_migrations_offline()
 else:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.pool import NullPool
 
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.migration.adoption.adopt import baseline_revision
 from app.migration.adoption.schema_shape import app_tables
 from app.migration.revisions import PROJECT_ROOT, alembic_config, script_directory
@@ -38,10 +39,29 @@ UNPLANTED_DOWN_REVISION = re.compile(r"^(down_revision\b.*=\s*)None$", re.MULTIL
 UNPLANTED_REVISES = re.compile(r"^Revises:.*$", re.MULTILINE)
 
 
+def chain_of(script: ScriptDirectory) -> tuple[str, ...]:
+    """Every revision of `script`, base -> head, each after its parents (a merge after both)."""
+    return tuple(reversed([rev.revision for rev in script.walk_revisions("base", "heads")]))
+
+
+def downgrade_target_undoing(script: ScriptDirectory, revision: str) -> str:
+    """The `alembic downgrade` target that undoes `revision` alone, while it is a head.
+
+    `-1` is not that: Alembic refuses it at a merge revision ("Ambiguous walk"),
+    and on a database with two heads (past both branches' revisions, before
+    their merge) it undoes whichever it picks. `REVISION@PARENT` downgrades
+    only the branch of `revision`, down to its parent; for a merge, to one of
+    its parents, which leaves both branches applied, as two heads.
+    """
+    down = script.get_revision(revision).down_revision
+    parent = down[0] if isinstance(down, tuple) else down
+    return f"{revision}@{parent or 'base'}"
+
+
 SCRIPT = script_directory()
 BASELINE = baseline_revision(SCRIPT)
 HEAD = SCRIPT.get_current_head()
-CHAIN = tuple(reversed([rev.revision for rev in SCRIPT.walk_revisions("base", "heads")]))
+CHAIN = chain_of(SCRIPT)
 """base -> head: CHAIN[0] is BASELINE, CHAIN[-1] is HEAD."""
 
 
@@ -135,14 +155,15 @@ class InjectedRevision:
     """The body of `upgrade()`, indented by four spaces."""
     downgrade: str = NO_DOWNGRADE
     """The body of `downgrade()`, likewise."""
-    down_revision: str | None = None
-    """Another injected revision; None: the head of the project it is planted in."""
+    down_revision: str | tuple[str, ...] | None = None
+    """Another injected revision (a merge names two); None: the head of the copy it goes in."""
 
     def source(self) -> str:
+        parents = self.down_revision
         return REVISION_TEMPLATE.format(
             message=self.message,
             revision=self.revision,
-            revises=self.down_revision or "",
+            revises=", ".join(parents) if isinstance(parents, tuple) else parents or "",
             down_revision=repr(self.down_revision),
             upgrade=self.upgrade.rstrip(),
             downgrade=self.downgrade.rstrip(),
@@ -169,10 +190,15 @@ def after_last_file(versions: Path, count: int) -> list[str]:
     return [(latest + timedelta(minutes=step)).strftime(FILE_DATE) for step in range(1, count + 1)]
 
 
-def planted_source(source: str, head: str) -> str:
-    """`source` with an unset down_revision (and its Revises: line) set to `head`."""
+def planted_source(source: str, project: Path) -> str:
+    """`source` with an unset down_revision (and its Revises: line) set to the project's head.
+
+    The head is read only then: planted revisions that name their parents may
+    leave the copy with two heads for a while (two branches, then their merge).
+    """
     if not UNPLANTED_DOWN_REVISION.search(source):
         return source
+    head = project_head(project)
     source = UNPLANTED_DOWN_REVISION.sub(lambda match: f'{match[1]}"{head}"', source, count=1)
     return UNPLANTED_REVISES.sub(f"Revises: {head}", source, count=1)
 
@@ -187,7 +213,6 @@ def plant_revisions(project: Path, revisions: Iterable[InjectedRevision | Path])
     """
     versions = versions_of(project)
     revisions = list(revisions)
-    head = project_head(project)
     written = []
     for date, revision in zip(after_last_file(versions, len(revisions)), revisions, strict=True):
         if isinstance(revision, InjectedRevision):
@@ -195,10 +220,17 @@ def plant_revisions(project: Path, revisions: Iterable[InjectedRevision | Path])
         else:
             source, suffix = fixture_revision(revision)
         path = versions / f"{date}-{suffix}"
-        path.write_text(planted_source(source, head))
-        head = project_head(project)
+        path.write_text(planted_source(source, project))
         written.append(path)
     return written
+
+
+def project_config(project: Path, settings: Settings) -> Config:
+    """Alembic's config for a project copy, run in this process on `settings`' database."""
+    config = Config(str(project / "alembic.ini"))
+    config.set_main_option("script_location", str(project / "migrations"))
+    config.attributes.update(settings=settings, skip_logging_setup=True)
+    return config
 
 
 def project_with(directory: Path, revisions: Iterable[InjectedRevision | Path]) -> Path:

@@ -12,7 +12,8 @@ build cache are reused.
 neither present nor pullable (no registry reachable), it is first built from
 Debian packages by `docker/stand-in-base.sh`. `build_image_with_revisions`
 derives from it the image of a later release: the same code with more revision
-files.
+files. `build_image_before` builds the code as it was before a file came in,
+from git history (a full clone, as CI makes).
 """
 
 import hashlib
@@ -165,18 +166,56 @@ def ensure_base_image(engine: Engine) -> None:
     )
 
 
-def build_app_image(engine: Engine, tag: str = APP_IMAGE) -> str:
-    """Build the app's image from this checkout (the build cache is used) and return its tag."""
+def build_app_image(engine: Engine, tag: str = APP_IMAGE, source: Path = REPO_ROOT) -> str:
+    """Build the app's image from `source`, this checkout by default, and return its tag.
+
+    The build cache is used.
+    """
     ensure_base_image(engine)
     engine.docker(
         "build",
         "--network=host",
-        f"--file={DOCKERFILE}",
+        f"--file={source / DOCKERFILE.relative_to(REPO_ROOT)}",
         f"--tag={tag}",
-        str(REPO_ROOT),
+        str(source),
         timeout=BUILD_TIMEOUT_S,
     )
     return tag
+
+
+def build_image_before(engine: Engine, path: str, tag: str) -> str:
+    """The image of this checkout's code as it was before `path` was added, by git; returns `tag`.
+
+    The tree of the parent of the commit that added `path`: the release whose
+    replicas still serve while the first replica with `path` upgrades the
+    database. A file names the release, not a revision, so the image stays
+    the same as revisions are added after it.
+    """
+    with tempfile.TemporaryDirectory(prefix="anibridge-previous-") as folder:
+        archive = Path(folder) / "tree.tar"
+        git("archive", f"--output={archive}", f"{commit_that_added(path)}^")
+        tree = Path(folder) / "tree"
+        tree.mkdir()
+        shutil.unpack_archive(archive, tree, filter="data")
+        return build_app_image(engine, tag, source=tree)
+
+
+def commit_that_added(path: str) -> str:
+    """The last commit that added `path`."""
+    commit = git("log", "-1", "--diff-filter=A", "--format=%H", "--", path)
+    if not commit:
+        raise RuntimeError(f"no commit added {path}: use a full git clone")
+    return commit
+
+
+def git(*args: str) -> str:
+    """A git command's output in this checkout, stripped; its error when it fails."""
+    result = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"git {args[0]} exited {result.returncode}: {result.stderr.strip()}")
+    return result.stdout.strip()
 
 
 def build_image_with_revisions(

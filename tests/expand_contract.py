@@ -1,6 +1,6 @@
 """An expand/contract change of `job`, and the rows it runs over (tests and the lock benchmark).
 
-The two revisions in tests/data/rolling/ add `job.priority` the way a change
+The two revisions in tests/data/rolling/ add `job.fixture_priority` the way a change
 must be written when replicas of the previous release keep serving during the
 upgrade (docs/replicas.md): `EXPAND` after the released head, `CONTRACT` in a
 later release. They are test fixtures, not product revisions.
@@ -16,8 +16,8 @@ from sqlalchemy.pool import NullPool
 REVISIONS_DIR = Path(__file__).resolve().parent / "data" / "rolling"
 EXPAND = "e5a7d1000001"
 CONTRACT = "c0d7ac000002"
-# Finished jobs only: every service start marks the queued and downloading ones as
-# interrupted, one ORM row at a time (app.data.crud.fail_interrupted_jobs).
+# Finished jobs: a history of rows to fill. Running jobs, which a start of a later
+# release must leave to their replicas, are loaded by tests/test_rolling_upgrade.py.
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 # One statement on the server: about 20 s for 1,000,000 rows and the released indexes here.
 INSERT_JOBS = sa.text(

@@ -32,6 +32,7 @@ SETTINGS_VARIABLES = (
     "DB_BACKUP_KEEP",
     "DB_MIGRATION_LOCK_TIMEOUT",
     "DB_CONNECT_RETRIES",
+    "INSTANCE_ID",
 )
 JSON = {"Content-Type": "application/json"}
 EPISODE_TEMPLATE = "/availability/{site}/{slug}/{season}/{episode}/{language}"
@@ -216,6 +217,26 @@ def test_data_survives_a_restart_and_interrupted_jobs_fail(
         assert restarted["message"] == "interrupted by a restart"
         assert client.get(EPISODE_PATH).json()["available"] is True
         assert [task["hash"] for task in client.get("/client-tasks").json()] == [TASK_HASH]
+
+
+@pytest.mark.postgres
+def test_a_replica_starting_keeps_the_running_replicas_jobs(
+    start_service: StartService, postgres_url: URL
+) -> None:
+    database = {"DATABASE_URL": postgres_url.render_as_string(hide_password=False)}
+    with start_service(INSTANCE_ID="replica-a", **database) as first:
+        running = create_job(first)
+        assert running["owner"] == "replica-a" and running["lease_expires_at"], running
+        first.patch(f"/jobs/{running['id']}", json={"status": "downloading"})
+        with start_service(INSTANCE_ID="replica-b", **database) as second:
+            assert second.get(f"/jobs/{running['id']}").json()["status"] == "downloading"
+            moved = second.patch(f"/jobs/{running['id']}", json={"progress": 50}).json()
+            assert moved["owner"] == "replica-b"
+        first.patch(f"/jobs/{running['id']}", json={"progress": 60})
+
+    with start_service(INSTANCE_ID="replica-a", **database) as restarted:
+        job = restarted.get(f"/jobs/{running['id']}").json()
+        assert (job["status"], job["message"]) == ("failed", "interrupted by a restart")
 
 
 def test_without_migration_on_startup_an_empty_database_is_refused(

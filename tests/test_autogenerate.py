@@ -27,12 +27,12 @@ JOB_IDS = ("job-a", "job-b", "job-c")
 JOB_MESSAGE_BEFORE = "    message: str | None = None\n"
 JOB_FIELDS_AFTER = (
     "    message: str | None = Field(default=None, index=True)\n"
-    "    note: str | None = None\n"
-    "    priority: int = Field(default=0)\n"
+    "    fixture_note: str | None = None\n"
+    "    fixture_priority: int = Field(default=0)\n"
 )
 FILL_THEN_DROP = re.compile(
-    r'add_column\(\s*sa\.Column\("priority", sa\.Integer\(\), server_default="0", '
-    r"nullable=False\)\s*\).*alter_column\(\s*\"priority\".*server_default=None",
+    r'add_column\(\s*sa\.Column\("fixture_priority", sa\.Integer\(\), server_default="0", '
+    r"nullable=False\)\s*\).*alter_column\(\s*\"fixture_priority\".*server_default=None",
     re.DOTALL,
 )
 
@@ -160,7 +160,8 @@ def test_model_change_generates_a_clean_revision_that_keeps_rows(project: Projec
     assert_listed_as_draft_head(project, revision)
 
     project.alembic_ok("upgrade", "head")
-    assert job_rows(project.url, "id, priority, note") == [(i, 0, None) for i in JOB_IDS]
+    columns = "id, fixture_priority, fixture_note"
+    assert job_rows(project.url, columns) == [(i, 0, None) for i in JOB_IDS]
     project.alembic_ok("check")
 
     project.alembic_ok("downgrade", "-1")
@@ -276,7 +277,7 @@ def test_a_renamed_field_becomes_a_reviewed_rename_that_keeps_every_value(
 
 
 JOB_UPDATED_AT = "    updated_at: datetime = Field(default_factory=utc_now, index=True)\n"
-JOB_SEEN_AT = "    seen_at: datetime = Field(default_factory=utc_now)\n"
+JOB_SEEN_AT = "    fixture_seen_at: datetime = Field(default_factory=utc_now)\n"
 
 
 def test_a_default_factory_field_is_stopped_by_the_lint(tmp_path: Path) -> None:
@@ -291,4 +292,4 @@ def test_a_default_factory_field_is_stopped_by_the_lint(tmp_path: Path) -> None:
     lint = project.python("-m", "app.migration.authoring.lint")
 
     assert lint.returncode == 1
-    assert "_job_seen_at.py: not_null job.seen_at: adds a NOT NULL column" in lint.stdout
+    assert "_job_seen_at.py: not_null job.fixture_seen_at: adds a NOT NULL column" in lint.stdout

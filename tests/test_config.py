@@ -6,6 +6,7 @@ into one `anibridge: error: ...` line and exit 1 instead of a traceback.
 """
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,6 +85,7 @@ def test_good_value_for_every_variable(tmp_path: Path) -> None:
             "HOST": "127.0.0.1",
             "PORT": "65535",
             "LOG_LEVEL": "DEBUG",
+            "INSTANCE_ID": " anibridge-2 ",
         }
     )
 
@@ -99,6 +101,15 @@ def test_good_value_for_every_variable(tmp_path: Path) -> None:
     assert settings.host == "127.0.0.1"
     assert settings.port == 65535
     assert settings.log_level == "debug"
+    assert settings.instance_id == "anibridge-2"
+
+
+def test_default_instance_id_is_the_host_and_new_at_every_start() -> None:
+    first, second = (load_settings({}).instance_id for _ in range(2))
+
+    assert first.startswith(f"{socket.gethostname()}-")
+    assert second.startswith(f"{socket.gethostname()}-")
+    assert first != second
 
 
 @pytest.mark.parametrize("word", ["1", "true", "YES", "on"])
@@ -157,6 +168,10 @@ def test_sqlite_pysqlite_url_is_normalised() -> None:
         ("DB_MIGRATION_STATEMENT_TIMEOUT", "-5"),
         ("DB_MIGRATION_STATEMENT_TIMEOUT", "ten"),
         ("DB_CONNECT_RETRIES", "-3"),
+        ("INSTANCE_ID", ""),
+        ("INSTANCE_ID", "  "),
+        ("INSTANCE_ID", "a\nb"),
+        ("INSTANCE_ID", "x" * 201),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(variable: str, raw: str) -> None:

@@ -116,27 +116,6 @@ def test_update_job_rejects_unknown_status_and_changes_nothing(engine: Engine) -
         assert (job.status, job.progress) == ("queued", 0.0)
 
 
-def test_fail_interrupted_jobs_fails_only_queued_and_downloading(engine: Engine) -> None:
-    statuses = ["queued", "downloading", "completed", "failed", "cancelled"]
-    ids = add_jobs_created_minutes_apart(engine, statuses)
-
-    with session_scope(engine) as session:
-        assert crud.fail_interrupted_jobs(session) == 2
-
-    with session_scope(engine) as session:
-        jobs = [crud.get_job(session, job_id) for job_id in ids]
-        assert [job.status for job in jobs] == [
-            "failed",
-            "failed",
-            "completed",
-            "failed",
-            "cancelled",
-        ]
-        assert [job.message for job in jobs[:2]] == ["interrupted by a restart"] * 2
-        assert [job.message for job in jobs[2:]] == [None] * 3
-        assert crud.fail_interrupted_jobs(session) == 0
-
-
 def test_byte_counts_above_two_gib_round_trip(engine: Engine) -> None:
     with session_scope(engine) as session:
         job_id = crud.create_job(session).id

@@ -45,9 +45,9 @@ def filled_rows(url: URL) -> int:
     """Jobs with a priority; 0 before the column exists."""
     with connect(url) as connection:
         columns = {column["name"] for column in sa.inspect(connection).get_columns("job")}
-        if "priority" not in columns:
+        if "fixture_priority" not in columns:
             return 0
-        return connection.execute(sa.text("SELECT count(priority) FROM job")).scalar_one()
+        return connection.execute(sa.text("SELECT count(fixture_priority) FROM job")).scalar_one()
 
 
 def test_expand_killed_during_its_fill_completes_on_the_next_run_then_contract(
@@ -81,7 +81,7 @@ def test_expand_killed_during_its_fill_completes_on_the_next_run_then_contract(
     assert filled_rows(postgres_url) == JOBS
     with connect(postgres_url) as connection:
         assert alembic_versions(connection) == [EXPAND]
-        assert index_is_valid(connection, "ix_job_priority")
+        assert index_is_valid(connection, "ix_job_fixture_priority")
         assert upgrades_recorded(connection, EXPAND) == 1
 
     plant_revisions(project, [revision_file(CONTRACT)])
@@ -93,7 +93,7 @@ def test_expand_killed_during_its_fill_completes_on_the_next_run_then_contract(
         nullable = connection.execute(
             sa.text(
                 "SELECT is_nullable FROM information_schema.columns "
-                "WHERE table_name = 'job' AND column_name = 'priority'"
+                "WHERE table_name = 'job' AND column_name = 'fixture_priority'"
             )
         ).scalar_one()
     assert nullable == "NO"

@@ -75,14 +75,14 @@ KILL_WINDOW_MARGIN = 1.2
 
 SLOW_REBUILD = InjectedRevision(
     revision="f1a5c0ffee01",
-    message="Rebuild job with an attempts column (slow on purpose)",
+    message="Rebuild job with a fixture_attempts column (slow on purpose)",
     upgrade="""\
     with op.batch_alter_table("job", recreate="always") as batch_op:
         batch_op.add_column(
-            sa.Column("attempts", sa.Integer(), nullable=False, server_default="0")
+            sa.Column("fixture_attempts", sa.Integer(), nullable=False, server_default="0")
         )
         batch_op.alter_column("message", existing_type=sa.String(), type_=sa.Text())
-    op.execute("UPDATE job SET attempts = CASE WHEN status = 'failed' THEN 1 ELSE 0 END")
+    op.execute("UPDATE job SET fixture_attempts = CASE WHEN status = 'failed' THEN 1 ELSE 0 END")
 """,
 )
 

@@ -2,7 +2,8 @@
 
 The examples under "The lint: data loss is a decision" and "PostgreSQL lock
 hazards" are taken from the guide as written (`<!-- docs-example: NAME -->`,
-read by tests/test_patterns.py's `DocsChain`) and planted after the real head
+read by tests/test_patterns.py's `DocsChain`, the columns they add renamed by its
+FIXTURE_COLUMNS) and planted after the real head
 in a copy of the project. On SQLite and on PostgreSQL each chain upgrades a
 database holding jobs and tasks, one revision at a time with new jobs written
 before each (as the release still serving writes them, without the new
@@ -31,14 +32,18 @@ JOBS_PER_STEP = 400
 CHAINS = {
     "NOT NULL column with a server default": (
         DocsChain("migrations.md", (("not-null-server-default", "c0de00000011"),)),
-        "SELECT count(*) FROM job WHERE priority = 0",
+        "SELECT count(*) FROM job WHERE fixture_priority = 0",
     ),
     "NOT NULL column added nullable, filled, then set NOT NULL": (
         DocsChain(
             "migrations.md",
-            (("not-null-add", "c0de00000021"), ("not-null-set", "c0de00000022")),
+            (
+                ("not-null-add", "c0de00000021"),
+                ("not-null-fill", "c0de00000022"),
+                ("not-null-set", "c0de00000023"),
+            ),
         ),
-        "SELECT count(*) FROM job WHERE seen_at = updated_at",
+        "SELECT count(*) FROM job WHERE fixture_seen_at = updated_at",
     ),
     "foreign key NOT VALID, validated outside the transaction": (
         DocsChain("migrations.md", (("foreign-key", "c0de00000031"),)),
@@ -50,8 +55,12 @@ CHAINS = {
     ),
 }
 CONSTRAINTS = {
-    "NOT NULL column with a server default": ("job", "priority", "not null"),
-    "NOT NULL column added nullable, filled, then set NOT NULL": ("job", "seen_at", "not null"),
+    "NOT NULL column with a server default": ("job", "fixture_priority", "not null"),
+    "NOT NULL column added nullable, filled, then set NOT NULL": (
+        "job",
+        "fixture_seen_at",
+        "not null",
+    ),
     "foreign key NOT VALID, validated outside the transaction": (
         "clienttask",
         "fk_clienttask_job_id_job",

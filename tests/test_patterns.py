@@ -2,7 +2,8 @@
 
 The examples of docs/migrations.md ("PostgreSQL: locks, timeouts and
 autocommit blocks", "Data migrations") and docs/replicas.md are taken from the
-docs as written and planted after the real head in a copy of the project: a
+docs as written (but for the names of the columns they add, FIXTURE_COLUMNS) and
+planted after the real head in a copy of the project: a
 nullable column, its index built with `outside_transaction()`, and a fill with
 `fill_in_batches`. On them run pytest-alembic's built-in and experimental tests
 and the documented data test (in a pytest of their own, set up as
@@ -38,6 +39,11 @@ from tests.faults import JOB_COLUMNS, seed_job_rows, upgrade_environment
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRIORITY = "CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END"
 EXAMPLE = re.compile(r"<!-- docs-example: (?P<name>[\w-]+) -->\n```python\n(?P<code>.*?)```", re.S)
+FIXTURE_COLUMNS = {"priority": "fixture_priority", "seen_at": "fixture_seen_at"}
+"""The columns the docs' examples add to job, and the names the suite plants them under: a
+developer who adds one for real, as the walkthrough adds job.priority, must not find a planted
+example adding it again ("duplicate column")."""
+DOCS_COLUMN = re.compile("|".join(FIXTURE_COLUMNS))
 
 REVISION_HEAD = '''"""{name}, from {doc}.
 
@@ -67,10 +73,15 @@ def real_head() -> str:
     return script_directory().get_current_head()
 
 
+def docs_text(doc: str) -> str:
+    """docs/<doc> with the columns its examples add renamed as the suite plants them."""
+    text = (REPO_ROOT / "docs" / doc).read_text()
+    return DOCS_COLUMN.sub(lambda match: FIXTURE_COLUMNS[match[0]], text)
+
+
 def docs_examples(doc: str) -> dict[str, str]:
     """The python blocks of docs/<doc> marked `<!-- docs-example: NAME -->`, by name."""
-    text = (REPO_ROOT / "docs" / doc).read_text()
-    return {match["name"]: match["code"] for match in EXAMPLE.finditer(text)}
+    return {match["name"]: match["code"] for match in EXAMPLE.finditer(docs_text(doc))}
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,7 @@ REPLICAS_GUIDE = DocsChain(
 
 
 def project_with_models_priority(tmp_path: Path, chain: DocsChain) -> Path:
-    """A copy of the project with the chain planted, and its models given `job.priority`
+    """A copy of the project with the chain planted, and its models given `job.fixture_priority`
     as the revisions add it (so pytest-alembic's model comparison has nothing to report)."""
     project = copy_project(tmp_path / "project")
     chain.plant(project)
@@ -125,7 +136,7 @@ def project_with_models_priority(tmp_path: Path, chain: DocsChain) -> Path:
     source = models.read_text()
     job = re.search(r"^class Job\(.*\):\n", source, re.M)
     assert job, "app/data/models.py has no class Job"
-    field = "    priority: int | None = Field(default=None, index=True)\n"
+    field = "    fixture_priority: int | None = Field(default=None, index=True)\n"
     models.write_text(source[: job.end()] + field + source[job.end() :])
     return project
 
@@ -177,14 +188,14 @@ def statements_seen() -> Iterator[list[tuple[str, str | None]]]:
 
 
 def index_state(url: URL) -> str | None:
-    """'valid' / 'invalid' for ix_job_priority, None when it does not exist."""
+    """'valid' / 'invalid' for ix_job_fixture_priority, None when it does not exist."""
     if url.get_backend_name() == "sqlite":
-        found = scalar(url, "SELECT 1 FROM sqlite_master WHERE name = 'ix_job_priority'")
+        found = scalar(url, "SELECT 1 FROM sqlite_master WHERE name = 'ix_job_fixture_priority'")
         return "valid" if found else None
     valid = scalar(
         url,
         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE c.relname = 'ix_job_priority'",
+        "WHERE c.relname = 'ix_job_fixture_priority'",
     )
     return None if valid is None else ("valid" if valid else "invalid")
 
@@ -278,8 +289,8 @@ def test_documented_revisions_upgrade_a_database_with_rows(
 
     with plain_connection(database_url) as connection:
         assert current_heads(connection) == (chain.last,)
-    assert scalar(database_url, "SELECT count(*) FROM job WHERE priority IS NULL") == 0
-    right = scalar(database_url, f"SELECT count(*) FROM job WHERE priority = {PRIORITY}")
+    assert scalar(database_url, "SELECT count(*) FROM job WHERE fixture_priority IS NULL") == 0
+    right = scalar(database_url, f"SELECT count(*) FROM job WHERE fixture_priority = {PRIORITY}")
     assert right == rows
     assert index_state(database_url) == "valid"
     batches = [(statement, level) for statement, level in seen if "UPDATE job SET" in statement]
@@ -288,10 +299,13 @@ def test_documented_revisions_upgrade_a_database_with_rows(
         assert all(statement.startswith("WITH batch AS") for statement, _l in batches), batches
         windows = [statement for statement, _level in seen if "LIMIT" in statement]
         assert len(windows) == len(batches), "a batch's keys read in a statement of their own"
-        builds = [(s, level) for s, level in seen if "ix_job_priority" in s and "CREATE" in s]
+        builds = [
+            (s, level) for s, level in seen if "ix_job_fixture_priority" in s and "CREATE" in s
+        ]
         assert builds == [
             (
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_job_priority ON job (priority)",
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_job_fixture_priority "
+                "ON job (fixture_priority)",
                 "AUTOCOMMIT",
             )
         ]
@@ -301,16 +315,16 @@ FILL_RANK_REVISIONS = (
     InjectedRevision(
         "f111ed000001",
         "Give jobs a unique rank",
-        '    op.add_column("job", sa.Column("rank", sa.Integer(), nullable=True))\n'
-        '    op.create_index("uq_job_rank", "job", ["rank"], unique=True)',
+        '    op.add_column("job", sa.Column("fixture_rank", sa.Integer(), nullable=True))\n'
+        '    op.create_index("uq_job_fixture_rank", "job", ["fixture_rank"], unique=True)',
     ),
     InjectedRevision(
         "f111ed000002",
         "Fill the rank from the progress",
         "    from app.migration.patterns import fill_in_batches\n\n"
         "    fill_in_batches(\n"
-        '        "job", set_="rank = CAST(progress AS INTEGER)", where="rank IS NULL",'
-        " batch_size=100\n"
+        '        "job", set_="fixture_rank = CAST(progress AS INTEGER)",'
+        ' where="fixture_rank IS NULL", batch_size=100\n'
         "    )",
     ),
 )
@@ -344,7 +358,7 @@ def test_a_fill_that_failed_part_way_continues_on_the_next_run(
 
     with plain_connection(database_url) as connection:
         assert current_heads(connection) == ("f111ed000001",)
-    assert scalar(database_url, "SELECT count(*) FROM job WHERE rank IS NOT NULL") == 700
+    assert scalar(database_url, "SELECT count(*) FROM job WHERE fixture_rank IS NOT NULL") == 700
     with plain_connection(database_url) as connection:
         connection.execute(
             sa.text("UPDATE job SET progress = 700 WHERE id = :id"), {"id": ids[700]}
@@ -356,10 +370,8 @@ def test_a_fill_that_failed_part_way_continues_on_the_next_run(
     command.upgrade(config, "head")
     with plain_connection(database_url) as connection:
         assert current_heads(connection) == ("f111ed000002",)
-    assert (
-        scalar(database_url, "SELECT count(*) FROM job WHERE rank = CAST(progress AS INTEGER)")
-        == 1000
-    )
+    filled = "SELECT count(*) FROM job WHERE fixture_rank = CAST(progress AS INTEGER)"
+    assert scalar(database_url, filled) == 1000
     progress = re.findall(r"Filling job: (\d+) rows so far \(batches of 100\)", caplog.text)
     assert progress == ["0"] * 7 + ["100", "200", "300"], caplog.text
     assert re.search(r"Filled job: 300 rows in ", caplog.text), caplog.text
@@ -396,7 +408,10 @@ def test_batches_grow_while_they_take_less_than_the_target_time(
     sizes = [int(size) for size in re.findall(r"\(batches of (\d+)\)", caplog.text)]
     assert sizes[0] == 100 and max(sizes) > 100, sizes
     assert all(size <= 2 * last for last, size in itertools.pairwise(sizes)), sizes
-    assert scalar(database_url, f"SELECT count(*) FROM job WHERE priority = {PRIORITY}") == 3000
+    assert (
+        scalar(database_url, f"SELECT count(*) FROM job WHERE fixture_priority = {PRIORITY}")
+        == 3000
+    )
 
 
 def test_the_next_batch_is_sized_to_take_the_target_time() -> None:
@@ -423,7 +438,7 @@ def test_inside_a_callers_transaction_everything_runs_in_it(
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
         filled = connection.execute(
-            sa.text(f"SELECT count(*) FROM job WHERE priority = {PRIORITY}")
+            sa.text(f"SELECT count(*) FROM job WHERE fixture_priority = {PRIORITY}")
         )
         assert filled.scalar() == 3000
         assert current_heads(connection) == (MIGRATIONS_GUIDE.last,)
@@ -431,7 +446,9 @@ def test_inside_a_callers_transaction_everything_runs_in_it(
 
     assert "AUTOCOMMIT" not in {level for _statement, level in seen}
     builds = [statement for statement, _level in seen if "CREATE INDEX" in statement]
-    assert builds == ["CREATE INDEX IF NOT EXISTS ix_job_priority ON job (priority)"]
+    assert builds == [
+        "CREATE INDEX IF NOT EXISTS ix_job_fixture_priority ON job (fixture_priority)"
+    ]
     assert caplog.text.count("The migration runs inside a transaction its caller opened") == 1
     with plain_connection(database_url) as connection:
         assert current_heads(connection) == (real_head(),)
@@ -466,8 +483,7 @@ def test_a_table_without_a_single_column_primary_key_needs_a_key(
 
 def documented_console(doc: str, command_line: str) -> list[str]:
     """The lines the doc shows after `$ <command_line>`, without the elided ones (`...`)."""
-    text = (REPO_ROOT / "docs" / doc).read_text()
-    block = text.split(f"$ {command_line}\n", 1)[1].split("```", 1)[0]
+    block = docs_text(doc).split(f"$ {command_line}\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip() and line != "..."]
 
 

@@ -51,6 +51,7 @@ PLAN_KEYS = {
     "refusal",
     "steps",
     "backup",
+    "not_copied",
 }
 STEP_KEYS = {"kind", "revision", "message", "seconds", "schema", "statements", "rebuilt"}
 STEP_KEYS |= {"tables", "locks"}
@@ -65,7 +66,7 @@ DATA_CHANGE = InjectedRevision(
     op.execute("UPDATE job SET message = 'retry later' WHERE status = 'failed'")
     op.execute("DELETE FROM clienttask WHERE state = 'queued'")
     with op.batch_alter_table("job", recreate="always") as batch_op:
-        batch_op.add_column(sa.Column("priority", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("fixture_priority", sa.Integer(), nullable=True))
     op.execute(
         "INSERT INTO strm_url_mapping (strm_path, resolved_url, resolved_at, slug, season, "
         "episode, language, site) VALUES ('/a.strm', 'https://example.invalid/a', "
@@ -76,24 +77,24 @@ DATA_CHANGE = InjectedRevision(
 FILL_BATCH = 2
 FILL = InjectedRevision(
     "f111a0000001",
-    "Add job.priority and fill it for failed jobs, in batches",
+    "Add job.fixture_priority and fill it for failed jobs, in batches",
     f"""\
-    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True))
+    op.add_column("job", sa.Column("fixture_priority", sa.Integer(), nullable=True))
     failed = op.get_bind().execute(
         sa.text("SELECT count(*) FROM job WHERE status = 'failed'")
     ).scalar_one()
     for _ in range(-(-failed // {FILL_BATCH})):
         op.execute(
-            "UPDATE job SET priority = 1 WHERE id IN (SELECT id FROM job "
-            "WHERE status = 'failed' AND priority IS NULL LIMIT {FILL_BATCH})"
+            "UPDATE job SET fixture_priority = 1 WHERE id IN (SELECT id FROM job "
+            "WHERE status = 'failed' AND fixture_priority IS NULL LIMIT {FILL_BATCH})"
         )
 """,
 )
-FILL_STATEMENT = "UPDATE job SET priority = 1 WHERE id IN"
+FILL_STATEMENT = "UPDATE job SET fixture_priority = 1 WHERE id IN"
 DEFAULTED = InjectedRevision(
     "defa00000001",
-    "Add job.attempts, 0 for every job",
-    '    op.add_column("job", sa.Column("attempts", sa.Integer(), nullable=False, '
+    "Add job.fixture_attempts, 0 for every job",
+    '    op.add_column("job", sa.Column("fixture_attempts", sa.Integer(), nullable=False, '
     'server_default="0"))\n',
 )
 OUTSIDE_TRANSACTION = InjectedRevision(
@@ -579,7 +580,7 @@ def test_pending_revision_that_changes_data_is_counted_exactly(
     (step,) = planned["steps"]
     tables = {change["table"]: change for change in step["tables"]}
     assert "job" in step["rebuilt"]
-    assert tables["job"]["columns_added"] == ["priority"]
+    assert tables["job"]["columns_added"] == ["fixture_priority"]
 
     result = upgrade(project, env)
     assert result.returncode == 0, result.stderr
@@ -650,7 +651,7 @@ def test_fill_is_counted_and_its_batches_are_shown_once(
     assert code == 2 and planned["pending"] == [FILL.revision]
     (step,) = planned["steps"]
     (job,) = [change for change in step["tables"] if change["table"] == "job"]
-    assert job["columns_added"] == ["priority"]
+    assert job["columns_added"] == ["fixture_priority"]
     fills = [s for s in step["statements"] if s["sql"].startswith(FILL_STATEMENT)]
     assert len(fills) == 1 and fills[0]["count"] >= 2 and fills[0]["seconds"] >= 0
     text = plan_text(project, env).stdout
@@ -659,7 +660,7 @@ def test_fill_is_counted_and_its_batches_are_shown_once(
 
     result = upgrade(project, env)
     assert result.returncode == 0, result.stderr
-    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["priority"]) > 0
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["fixture_priority"]) > 0
     assert fills[0]["count"] == -(-job["rows_changed"] // FILL_BATCH)
 
 
@@ -671,10 +672,10 @@ def test_column_added_with_a_default_counts_every_row(
     code, planned = plan_changing_nothing(project, env, engine_url, data_dir)
     assert code == 2
     (job,) = [change for change in planned["steps"][0]["tables"] if change["table"] == "job"]
-    assert job["columns_added"] == ["attempts"] and not job["rebuilt"]
+    assert job["columns_added"] == ["fixture_attempts"] and not job["rebuilt"]
     result = upgrade(project, env)
     assert result.returncode == 0, result.stderr
-    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["attempts"]) > 0
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["fixture_attempts"]) > 0
     assert job["rows_changed"] == row_counts(engine_url)["job"]
 
 
@@ -696,7 +697,7 @@ def test_revision_before_an_autocommit_block_is_planned_as_the_upgrade_runs_it(
     for table, rows in last_rows_after(planned).items():
         assert row_counts(engine_url)[table] == rows, table
     (job,) = [change for change in planned["steps"][0]["tables"] if change["table"] == "job"]
-    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["priority"])
+    assert job["rows_changed"] == rows_with_a_value_in(engine_url, "job", ["fixture_priority"])
 
 
 def test_service_can_keep_writing_while_sqlite_is_planned(data_dir: Path) -> None:
@@ -737,6 +738,30 @@ def test_invalid_index_cleanup_is_not_run_by_the_plan(
     code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
     assert code == 2 and planned["outcome"] == "upgrade"
     assert planned["pending"] == [DATA_CHANGE.revision]
+    assert planned["not_copied"] == ["invalid index ix_broken on job"]
+
+
+def test_plan_names_what_the_copy_left_out(
+    postgres_url: URL, data_dir: Path, tmp_path: Path
+) -> None:
+    """A trigger the upgrade would fire is not on the copy: the plan says it ran without it."""
+    project, env = at_head_with(postgres_url, data_dir, project_with(tmp_path, [DATA_CHANGE]))
+    run_sql(
+        postgres_url,
+        "CREATE FUNCTION stamp_job() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN NEW.message := 'stamped'; RETURN NEW; END $$",
+        "CREATE TRIGGER job_stamp BEFORE UPDATE ON job FOR EACH ROW EXECUTE FUNCTION stamp_job()",
+        "CREATE MATERIALIZED VIEW job_counts AS SELECT status, count(*) FROM job GROUP BY status",
+    )
+    left_out = [
+        "function stamp_job()",
+        "materialized view job_counts",
+        "trigger job_stamp on job",
+    ]
+    code, planned = plan_changing_nothing(project, env, postgres_url, data_dir)
+    assert code == 2 and planned["not_copied"] == left_out
+    text = plan_text(project, env).stdout
+    assert f"rehearsed without: {', '.join(left_out)} (not copied;" in text
 
 
 @pytest.mark.timeout(120)
@@ -967,8 +992,9 @@ def test_scratch_copy_has_every_object_row_and_sequence_value_of_the_live_databa
     live = schema_fingerprint(postgres_url)
     notices: list[str] = []
     with scratch_copy(postgres_url, 5, notices.append) as copy:
-        assert schema_fingerprint(copy) == live
-        assert copy.database != postgres_url.database
+        assert schema_fingerprint(copy.url) == live
+        assert copy.url.database != postgres_url.database
+        assert copy.left_out == []
     assert_scratch_copy_gone(
         {"DATABASE_URL": postgres_url.render_as_string(False)}, " ".join(notices)
     )
@@ -980,8 +1006,12 @@ def test_a_step_of_many_batches_prints_at_most_a_screen() -> None:
     from app.migration.plan import SHOWN_STATEMENTS, render_step
     from app.migration.rehearsal import StatementRun, StepReport
 
-    repeated = StatementRun("UPDATE job SET priority = 0 WHERE priority IS NULL LIMIT 1000", 1000)
-    by_key = [StatementRun(f"UPDATE job SET priority = 0 WHERE id <= {n}", 1) for n in range(1000)]
+    repeated = StatementRun(
+        "UPDATE job SET fixture_priority = 0 WHERE fixture_priority IS NULL LIMIT 1000", 1000
+    )
+    by_key = [
+        StatementRun(f"UPDATE job SET fixture_priority = 0 WHERE id <= {n}", 1) for n in range(1000)
+    ]
     for statements in ([repeated], by_key):
         step = StepReport("upgrade", "f111a0000001", "Fill", 1.0, statements=statements)
         lines = render_step(1, step)

@@ -276,8 +276,8 @@ def test_autocommit_block_on_sqlite_runs_as_alembic_defines_it(
 ADD_PRIORITY = InjectedRevision(
     "10c4ed000001",
     "Give jobs a priority",
-    '    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True))',
-    '    op.drop_column("job", "priority")',
+    '    op.add_column("job", sa.Column("fixture_priority", sa.Integer(), nullable=True))',
+    '    op.drop_column("job", "fixture_priority")',
 )
 
 
@@ -343,7 +343,7 @@ def test_lock_timeout_is_retried_with_each_wait_logged(
     waits = [r.getMessage() for r in caplog.records if r.name == "app.migration.lock_retry"]
     assert waits, caplog.text
     assert waits[0].startswith(
-        "lock_timeout (1 s) waiting for a table lock (ALTER TABLE job ADD COLUMN priority "
+        "lock_timeout (1 s) waiting for a table lock (ALTER TABLE job ADD COLUMN fixture_priority "
         "INTEGER): retry 1/5 in "
     )
     assert len(waits) < 5

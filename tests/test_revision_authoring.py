@@ -33,13 +33,13 @@ JOB_MESSAGE = "    message: str | None = None\n"
 DATA_STEP = '''
 
 def upgrade() -> None:
-    """Fill the new note of every job."""
-    op.execute("UPDATE job SET note = 'none' WHERE note IS NULL")
+    """Fill the new fixture_note of every job."""
+    op.execute("UPDATE job SET fixture_note = 'none' WHERE fixture_note IS NULL")
 
 
 def downgrade() -> None:
     """Empty the notes again."""
-    op.execute("UPDATE job SET note = NULL")
+    op.execute("UPDATE job SET fixture_note = NULL")
 '''
 TEMPLATE_BODIES = re.compile(r"\n\ndef upgrade\(\) -> None:.*", re.S)
 DATED_NAME = re.compile(r"^\d{4}_\d{2}_\d{2}_\d{4}")
@@ -140,7 +140,7 @@ def renamed(path: Path, date: str) -> Path:
 def test_a_schema_step_and_its_data_step_keep_the_file_checks_green(
     project: Project, clock: str
 ) -> None:
-    edit_models(project, JOB_MESSAGE, JOB_MESSAGE + "    note: str | None = None\n")
+    edit_models(project, JOB_MESSAGE, JOB_MESSAGE + "    fixture_note: str | None = None\n")
     schema = written_file(project, "revision", "--autogenerate", "-m", "job note")
     data = written_file(project, "revision", "-m", "fill job note")
     data.write_text(

@@ -12,6 +12,13 @@ derived image lists its revisions in its manifest, as a release's image does.
   the change while the expand replica keeps serving.
 * Simultaneous start: three containers of the expand image started at once
   against one database at the released head apply the revision once.
+* The old release's jobs: two containers of the code before the newest
+  revision (git history, tests/container_engine.py) run queued and
+  downloading jobs while a container of this checkout upgrades the database;
+  their clients then finish those jobs through them, and none is failed by
+  the new replica's start or its heartbeat. A container of the release after
+  (this checkout plus the contract fixture in tests/data/rolling/) then fails
+  the jobs the old replicas left unfinished, and only those.
 """
 
 import random
@@ -29,8 +36,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from tests.chain import HEAD
-from tests.container_engine import Engine, build_image_with_revisions
+from tests.chain import CHAIN, HEAD
+from tests.container_engine import (
+    Engine,
+    build_image_before,
+    build_image_with_revisions,
+)
 from tests.containers import Container, Containers, request_json
 from tests.expand_contract import (
     CONTRACT,
@@ -53,6 +64,12 @@ UPGRADE_TIMEOUT_S = 240
 SETTLE_S = 1.0
 """Traffic runs this long before the upgrade starts and after it has finished."""
 MIN_REQUESTS_DURING_UPGRADE = 100
+OWNERS_CONTRACT = "c0a5e0000003"
+"""tests/data/rolling/: fails the unfinished jobs of the release before job owners."""
+OLD_RELEASE_JOBS = 10_000
+RUNNING_JOBS = 20
+"""Started through the old replicas before the upgrade: half queued, half downloading."""
+INTERRUPTED = "interrupted by a restart"
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +85,19 @@ def contract_image(engine: Engine, image: str) -> str:
     """The release after it: the expand and the contract revisions."""
     files = [revision_file(EXPAND), revision_file(CONTRACT)]
     return build_image_with_revisions(engine, image, files, f"{image}-contract", listed=True)
+
+
+@pytest.fixture(scope="session")
+def previous_image(engine: Engine, image: str) -> str:
+    """The release before the newest revision: this checkout's code before it came in."""
+    return build_image_before(engine, f"{image}-previous")
+
+
+@pytest.fixture(scope="session")
+def owners_contract_image(engine: Engine, image: str) -> str:
+    """The release after this checkout: the contract that fails the unowned jobs."""
+    files = [revision_file(OWNERS_CONTRACT)]
+    return build_image_with_revisions(engine, image, files, f"{image}-owners", listed=True)
 
 
 # --- traffic -----------------------------------------------------------------
@@ -178,13 +208,15 @@ def roll_out(
     serving: list[Container],
     revisions: tuple[str, str],
     settings: dict[str, str],
+    loaded_jobs: int = ROLLING_JOBS,
 ) -> tuple[Container, Traffic]:
     """Start a container of `image` while `serving` answer traffic, until it serves.
 
     Every request must succeed, none under way during the upgrade may take 1 s,
     and the new container must have upgraded from `revisions[0]` to `revisions[1]`.
+    `loaded_jobs`: how many jobs `insert_jobs` loaded (the clients read them).
     """
-    with Traffic(serving, ROLLING_JOBS) as traffic:
+    with Traffic(serving, loaded_jobs) as traffic:
         time.sleep(SETTLE_S)
         started = time.monotonic()
         upgrading = containers.run(containers.volume(), image=image, **settings)
@@ -213,13 +245,13 @@ def scalar(database: sa.Engine, query: str, **parameters: object) -> object:
 
 
 def priority_column(database: sa.Engine) -> tuple[str, str | None]:
-    """`is_nullable` and `column_default` of job.priority."""
+    """`is_nullable` and `column_default` of job.fixture_priority."""
     with database.connect() as connection:
         return tuple(
             connection.execute(
                 sa.text(
                     "SELECT is_nullable, column_default FROM information_schema.columns "
-                    "WHERE table_name = 'job' AND column_name = 'priority'"
+                    "WHERE table_name = 'job' AND column_name = 'fixture_priority'"
                 )
             ).one()
         )
@@ -255,8 +287,9 @@ def test_rolling_upgrade_keeps_the_old_replicas_serving(
 
     assert priority_column(database) == ("YES", None)
     with database.connect() as connection:
-        assert index_is_valid(connection, "ix_job_priority")
-    unfilled = scalar(database, "SELECT array_agg(id) FROM job WHERE priority IS NULL") or []
+        assert index_is_valid(connection, "ix_job_fixture_priority")
+    unfilled_ids = "SELECT array_agg(id) FROM job WHERE fixture_priority IS NULL"
+    unfilled = scalar(database, unfilled_ids) or []
     assert set(unfilled) <= set(traffic.created_ids), "a loaded job was left unfilled"
 
     first.stop()
@@ -264,7 +297,7 @@ def test_rolling_upgrade_keeps_the_old_replicas_serving(
     roll_out(containers, contract_image, [expanded_by], (EXPAND, CONTRACT), settings)
 
     assert priority_column(database) == ("NO", "0")
-    assert scalar(database, "SELECT count(*) FROM job WHERE priority IS NULL") == 0
+    assert scalar(database, "SELECT count(*) FROM job WHERE fixture_priority IS NULL") == 0
     assert scalar(database, "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'ck_job%'") == 0
     with database.connect() as connection:
         assert upgrades_recorded(connection, EXPAND) == upgrades_recorded(connection, CONTRACT) == 1
@@ -295,4 +328,79 @@ def test_three_replicas_started_at_once_upgrade_once(
     assert all(f"Database is up to date at revision {EXPAND}" in log for log in waited), waited
     with database.connect() as connection:
         assert upgrades_recorded(connection, EXPAND) == 1
-    assert scalar(database, "SELECT count(*) FROM job WHERE priority IS NULL") == 0
+    assert scalar(database, "SELECT count(*) FROM job WHERE fixture_priority IS NULL") == 0
+
+
+def start_jobs(replicas: list[Container], count: int) -> list[str]:
+    """`count` jobs created through `replicas` in turn: every other one set downloading."""
+    ids = []
+    for number in range(count):
+        replica = replicas[number % len(replicas)]
+        job = request_json(replica.url("/jobs"), "POST", {})
+        if number % 2:
+            body = {"status": "downloading", "progress": 10.0}
+            request_json(replica.url(f"/jobs/{job['id']}"), "PATCH", body)
+        ids.append(job["id"])
+    return ids
+
+
+def finish_jobs(replicas: list[Container], ids: list[str]) -> list[Request]:
+    """What the old replicas' clients do: report progress, then completion, through them."""
+    requests = []
+    for number, job in enumerate(ids):
+        url = replicas[number % len(replicas)].url(f"/jobs/{job}")
+        for body in ({"status": "downloading", "progress": 90.0}, {"status": "completed"}):
+            requests.append(timed_request("finish", url, "PATCH", body)[0])
+    return requests
+
+
+def job_counts(database: sa.Engine, ids: list[str]) -> dict[tuple[str, str | None], int]:
+    """How many of the jobs `ids` have each (status, message)."""
+    query = "SELECT status, message, count(*) FROM job WHERE id = ANY(:ids) GROUP BY 1, 2"
+    with database.connect() as connection:
+        rows = connection.execute(sa.text(query), {"ids": ids}).all()
+    return {(status, message): count for status, message, count in rows}
+
+
+@pytest.mark.timeout(600)
+def test_a_rolling_upgrade_leaves_the_old_replicas_jobs_to_them(
+    containers: Containers,
+    postgres_url: URL,
+    database: sa.Engine,
+    previous_image: str,
+    owners_contract_image: str,
+) -> None:
+    settings = {"DATABASE_URL": postgres_url.render_as_string(hide_password=False)}
+    old = [containers.run(containers.volume(), image=previous_image, **settings) for _ in "12"]
+    [before] = {replica.wait_for_health()["revision"] for replica in old}
+    assert before in CHAIN[:-1], before
+    insert_jobs(postgres_url, OLD_RELEASE_JOBS)
+    running = start_jobs(old, RUNNING_JOBS)
+
+    upgrade = (CHAIN[-2], HEAD)  # the last step of the upgrade, wherever it starts
+    new, traffic = roll_out(containers, containers.image, old, upgrade, settings, OLD_RELEASE_JOBS)
+    # A second replica of the new release starts while the old ones still run their jobs.
+    assert containers.run(containers.volume(), **settings).wait_for_health()["revision"] == HEAD
+    finishing = finish_jobs(old, running)
+
+    failed = [request for request in finishing if not request.succeeded]
+    assert not failed, f"{len(failed)} of {len(finishing)} requests failed, the first: {failed[0]}"
+    assert job_counts(database, running) == {("completed", None): RUNNING_JOBS}
+    assert job_counts(database, traffic.created_ids) == {("queued", None): len(traffic.created_ids)}
+    assert scalar(database, "SELECT count(*) FROM job WHERE message = :m", m=INTERRUPTED) == 0
+    own = request_json(new.url("/jobs"), "POST", {})
+    leased = "SELECT lease_expires_at > now() FROM job WHERE id = :id"
+    assert own["owner"] and scalar(database, leased, id=own["id"]), own
+
+    for replica in old:
+        replica.stop()
+    contract = (HEAD, OWNERS_CONTRACT)
+    _, later = roll_out(
+        containers, owners_contract_image, [new], contract, settings, OLD_RELEASE_JOBS
+    )
+
+    left_by_old = {("failed", INTERRUPTED): len(traffic.created_ids)}
+    assert job_counts(database, traffic.created_ids) == left_by_old
+    assert job_counts(database, running) == {("completed", None): RUNNING_JOBS}
+    assert job_counts(database, later.created_ids) == {("queued", None): len(later.created_ids)}
+    assert job_counts(database, [own["id"]]) == {("queued", None): 1}

@@ -6,17 +6,32 @@ every later step that keeps a table must keep its rows, and a second climb
 from base must give the same rows as the first. An upgrade may fill a NULL (a
 data migration, docs/migrations.md "Data migrations") but change no other
 value; a downgrade must give back the rows as they were before its upgrade.
+Each step down undoes its revision alone, so the walk also goes through a
+revision `alembic merge heads` wrote and the two branches it joins.
 """
+
+from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 
-from app.config import Settings
+from app.config import Settings, load_settings
 from app.engine import make_engine
 from app.migration.adoption.schema_shape import app_tables
 from app.migration.guarded_run import database_revision
 from app.migration.revisions import alembic_config
-from tests.chain import CHAIN, tables_created_by
+from tests.chain import (
+    CHAIN,
+    HEAD,
+    SCRIPT,
+    InjectedRevision,
+    chain_of,
+    downgrade_target_undoing,
+    project_config,
+    project_with,
+    tables_created_by,
+)
 from tests.revision_data import TABLE_ROWS, rows_at, seed_rows_request
 from tests.row_dump import digest
 
@@ -86,8 +101,62 @@ def climb(settings: Settings, engine: sa.Engine) -> list[Rows]:
 def descend(settings: Settings, engine: sa.Engine, states: list[Rows]) -> None:
     """head -> base one revision at a time; each step gives back the rows before its upgrade."""
     for revision, before in zip(reversed(CHAIN), reversed(states[:-1]), strict=True):
-        migrate(settings, "downgrade", "-1")
+        migrate(settings, "downgrade", downgrade_target_undoing(SCRIPT, revision))
         assert not lost_rows(before, all_rows(engine), f"downgrade of {revision}")
+
+
+def branch_revision(revision: str, table: str) -> InjectedRevision:
+    """A revision after HEAD that creates `table`; two of them are two git branches' revisions."""
+    return InjectedRevision(
+        revision,
+        f"Create {table}",
+        f'    op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True))',
+        f'    op.drop_table("{table}")',
+        down_revision=HEAD,
+    )
+
+
+LEFT = branch_revision("1ef7b7a0c001", "left_probe")
+RIGHT = branch_revision("1ef7b7a0c002", "right_probe")
+MERGE = InjectedRevision(
+    "1ef7b7a0c003",
+    "Merge heads",
+    "    pass",
+    "    pass",
+    down_revision=(LEFT.revision, RIGHT.revision),
+)
+
+
+def test_each_step_down_undoes_one_revision_across_a_merge(tmp_path: Path) -> None:
+    """The descent's steps on a history that `alembic merge heads` joined.
+
+    Between the two branches' revisions and their merge the database has two
+    heads, where `downgrade -1` undoes either branch and refuses the merge.
+    """
+    project = project_with(tmp_path, [LEFT, RIGHT, MERGE])
+    script = ScriptDirectory(str(project / "migrations"))
+    (tmp_path / "data").mkdir()
+    settings = load_settings({"DATA_DIR": str(tmp_path / "data")})
+    config = project_config(project, settings)
+    engine = make_engine(settings.database_url)
+
+    def state() -> tuple[set[str], list[str]]:
+        with engine.connect() as connection:
+            return set(database_revision(settings)), app_tables(connection)
+
+    try:
+        climbed = [state()]
+        for revision in chain_of(script):
+            command.upgrade(config, revision)
+            climbed.append(state())
+        assert ({LEFT.revision, RIGHT.revision}, climbed[-2][1]) in climbed
+        for revision, before in zip(
+            reversed(chain_of(script)), reversed(climbed[:-1]), strict=True
+        ):
+            command.downgrade(config, downgrade_target_undoing(script, revision))
+            assert state() == before, f"downgrade of {revision}"
+    finally:
+        engine.dispose()
 
 
 def test_every_table_at_head_has_rows_to_migrate() -> None:

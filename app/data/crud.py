@@ -7,10 +7,10 @@ from typing import Any, TypeVar
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
+from app.data.leases import claim
 from app.data.models import DEFAULT_SITE, ClientTask, EpisodeAvailability, Job, utc_now
 
 JOB_STATUSES = ("queued", "downloading", "completed", "failed", "cancelled")
-UNFINISHED_JOB_STATUSES = ("queued", "downloading")
 CLIENT_TASK_STATES = ("queued", "downloading", "paused", "completed", "error")
 
 # Both engines take INSERT ... ON CONFLICT DO UPDATE, each through its own construct.
@@ -18,8 +18,13 @@ UPSERT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 RowModel = TypeVar("RowModel", bound=SQLModel)
 
 
-def create_job(session: Session, *, source_site: str = DEFAULT_SITE) -> Job:
+def create_job(
+    session: Session, *, source_site: str = DEFAULT_SITE, owner: str | None = None
+) -> Job:
+    """A queued job; `owner` (a service's INSTANCE_ID) claims it (app.data.leases)."""
     job = Job(source_site=source_site)
+    if owner is not None:
+        claim(job, owner, job.created_at)
     session.add(job)
     session.flush()
     return job
@@ -36,8 +41,14 @@ def list_jobs(session: Session, *, status: str | None = None, limit: int = 100) 
     return session.exec(query).all()
 
 
-def update_job(session: Session, job_id: str, **changes: Any) -> Job | None:
-    """Apply progress/status changes to a job and bump `updated_at`."""
+def update_job(
+    session: Session, job_id: str, *, owner: str | None = None, **changes: Any
+) -> Job | None:
+    """Apply progress/status changes to a job and bump `updated_at`.
+
+    `owner`: the service the update came through claims the job, since its
+    caller is working on it (app.data.leases).
+    """
     job = session.get(Job, job_id)
     if job is None:
         return None
@@ -46,21 +57,11 @@ def update_job(session: Session, job_id: str, **changes: Any) -> Job | None:
     for name, value in changes.items():
         setattr(job, name, value)
     job.updated_at = utc_now()
+    if owner is not None:
+        claim(job, owner, job.updated_at)
     session.add(job)
     session.flush()
     return job
-
-
-def fail_interrupted_jobs(session: Session) -> int:
-    """Mark jobs a previous run left queued or downloading as failed."""
-    jobs = session.exec(select(Job).where(col(Job.status).in_(UNFINISHED_JOB_STATUSES))).all()
-    for job in jobs:
-        job.status = "failed"
-        job.message = "interrupted by a restart"
-        job.updated_at = utc_now()
-        session.add(job)
-    session.flush()
-    return len(jobs)
 
 
 def upsert_availability(

@@ -2,7 +2,8 @@
 
 `Job`, `EpisodeAvailability` and `ClientTask` match, column for column, the
 schema the last release created with `create_all` (see
-tests/data/legacy_sql/multi_site.sql). Defaults are Python-side, as they were
+tests/data/legacy_sql/multi_site.sql), but for the job's owner and lease
+(app.data.leases), added since. Defaults are Python-side, as they were
 then. `StrmUrlMapping` is dormant: the table exists, nothing uses it yet.
 
 Import `metadata` from here (not from app.data.metadata) wherever the tables
@@ -53,6 +54,10 @@ class Job(AppModel, table=True):
     source_site: str | None = Field(default=DEFAULT_SITE, index=True)
     created_at: datetime = Field(default_factory=utc_now, index=True)
     updated_at: datetime = Field(default_factory=utc_now, index=True)
+    owner: str | None = None
+    """The service instance (INSTANCE_ID) running the job; None for jobs of earlier releases."""
+    lease_expires_at: datetime | None = None
+    """Until when the owner's claim holds; its heartbeat renews it (app.data.leases)."""
 
 
 class EpisodeAvailability(AppModel, table=True):

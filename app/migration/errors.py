@@ -31,6 +31,10 @@ class SeveralHeadsError(MigrationError):
     """The revision files end in more than one head: no command can tell which to upgrade to."""
 
 
+class RevisionFileError(MigrationError):
+    """A revision file cannot be loaded (a syntax error, a failing import): the message names it."""
+
+
 class MigrationLockTimeoutError(MigrationError):
     pass
 

@@ -390,7 +390,12 @@ class RevisionLog:
 
 
 def upgrade_database(settings: Settings, revision: str = "head") -> None:
-    """Upgrade the configured database in-process, through the same env.py as the CLI."""
+    """Upgrade the configured database in-process, through the same env.py as the CLI.
+
+    The revision files are loaded before the database is opened, so a file that
+    cannot be is named with nothing created.
+    """
+    script_directory()
     with connect_for_migrations(settings) as connection:
         config = alembic_config(connection, settings)
         config.attributes["skip_models"] = True

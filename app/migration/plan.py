@@ -89,6 +89,8 @@ class Plan:
     steps: list[StepReport] = field(default_factory=list)
     backup: dict[str, Any] | None = None
     refusal: str | None = None
+    not_copied: list[str] = field(default_factory=list)
+    """PostgreSQL: the live schema's objects the scratch copy lacks (the rehearsal ran without)."""
 
     @property
     def exit_code(self) -> int:
@@ -109,6 +111,7 @@ class Plan:
             "refusal": self.refusal,
             "steps": [step.as_dict() for step in self.steps],
             "backup": self.backup,
+            "not_copied": self.not_copied,
         }
 
     def as_json(self) -> str:
@@ -129,7 +132,8 @@ def plan_upgrade(settings: Settings, notice: Callable[[str], None]) -> Plan:
     require_reachable(settings)
     try:
         with scratch_copy(settings.database_url, settings.table_lock_timeout, notice) as copy:
-            plan = rehearse(dataclasses.replace(settings, database_url=copy), script, shown)
+            plan = rehearse(dataclasses.replace(settings, database_url=copy.url), script, shown)
+        plan.not_copied = copy.left_out
     except KeyboardInterrupt:
         raise PlanError("the plan was interrupted; its scratch copy was dropped") from None
     plan.summary = summary_of(plan)
@@ -342,6 +346,11 @@ def render(plan: Plan) -> str:
         f"current revision: {', '.join(plan.current) or 'none'}",
         f"head revision:    {', '.join(plan.heads)}",
     ]
+    if plan.not_copied:
+        lines.append(
+            f"rehearsed without: {', '.join(plan.not_copied)} (not copied; the upgrade on the "
+            "live database runs with them)"
+        )
     for number, step in enumerate(plan.steps, start=1):
         lines.extend(["", *render_step(number, step)])
     if plan.backup is not None:

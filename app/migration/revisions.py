@@ -24,13 +24,19 @@ from sqlalchemy import Connection
 from app import app_version
 from app.config import Settings
 from app.migration.backup import list_backups, read_backup_name
-from app.migration.errors import DatabaseNewerThanCodeError, MigrationError, SeveralHeadsError
+from app.migration.errors import (
+    DatabaseNewerThanCodeError,
+    MigrationError,
+    RevisionFileError,
+    SeveralHeadsError,
+)
 from app.migration.journal import (
     HistoryRow,
     applied_revisions,
     read_history,
     release_that_applied,
 )
+from app.migration.unloadable_revisions import unloadable_revision_message
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -63,8 +69,29 @@ def alembic_config(
     return config
 
 
-def script_directory() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config())
+def script_directory(migrations_dir: Path | None = None) -> ScriptDirectory:
+    """The project's script directory (or the one at `migrations_dir`), its revisions loaded."""
+    if migrations_dir is None:
+        return load_revisions(ScriptDirectory.from_config(alembic_config()))
+    return load_revisions(ScriptDirectory(str(migrations_dir)))
+
+
+def load_revisions(script: ScriptDirectory) -> ScriptDirectory:
+    """`script` with every revision file loaded: the one place a file that cannot be is named.
+
+    RevisionFileError (one line: the file, the error, its line) instead of the
+    SyntaxError, NameError or ImportError a file left mid-edit raises.
+    """
+    try:
+        script.get_heads()
+    except CommandError:
+        raise
+    except Exception as exc:
+        message = unloadable_revision_message(exc, Path(script.versions))
+        if message is None:
+            raise
+        raise RevisionFileError(message) from None
+    return script
 
 
 def migration_context(connection: Connection, **options: Any) -> MigrationContext:
@@ -117,16 +144,17 @@ def several_heads_message(script: ScriptDirectory, heads: Sequence[str]) -> str:
     """What to do when the revision files end in more than one head: the one message for it.
 
     Two branches that each added a revision on the same parent give two heads
-    once both are merged. Either a merge revision joins them, or the newer
-    revision (its file name starts with the time it was written) is moved on
-    top of the other.
+    once both are merged. Either the newer revision (its file name starts with
+    the time it was written) is moved on top of the other, or a merge revision
+    joins them; rebasing comes first, since pytest-alembic's experimental
+    downgrade test cannot step across a merge (docs/migrations.md, "Two heads").
     """
     newest, other = sorted(heads, key=lambda head: Path(script.get_revision(head).path).name)[-2:]
     return (
         f"the revisions have {len(heads)} heads ({', '.join(sorted(heads))}), so there is no "
-        f'single head to upgrade to: join them with `alembic merge heads -m "merge heads"`, '
-        f"or rebase the newer revision onto the other head (in "
-        f'{Path(script.get_revision(newest).path).name} set down_revision = "{other}")'
+        f"single head to upgrade to: rebase the newer revision onto the other head (in "
+        f'{Path(script.get_revision(newest).path).name} set down_revision = "{other}"), '
+        f'or join them with `alembic merge heads -m "merge heads"`'
     )
 
 

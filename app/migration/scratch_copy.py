@@ -17,8 +17,10 @@ the order the restore needs: enum types, sequences, tables (columns with
 their types, collations, defaults, identity and generated expressions, NOT
 NULL), the rows, then primary keys, unique, check and exclusion constraints,
 indexes, foreign keys, sequence ownership and values, and views. Not copied:
-functions, triggers, materialized views, comments, grants, and indexes a
-failed concurrent build left invalid.
+functions, triggers, materialized views, rules, comments, grants, and indexes a
+failed concurrent build left invalid. Those that can change what an upgrade
+does (all but comments and grants) are named in `ScratchCopy.left_out`, for
+the plan to say that it ran without them.
 
 The copy is dropped when the block ends, however it ends (a failure, Ctrl-C).
 """
@@ -62,9 +64,18 @@ class SchemaScript:
     """Each table with the columns its rows are copied by (generated ones left out)."""
 
 
+@dataclass
+class ScratchCopy:
+    url: URL
+    left_out: list[str] = field(default_factory=list)
+    """The live schema's objects the copy does not have ("trigger audit on job", ...)."""
+
+
 @contextmanager
-def scratch_copy(url: URL, lock_timeout_s: int, notice: Callable[[str], None]) -> Iterator[URL]:
-    """A copy of the database at `url` (its URL), dropped when the block ends.
+def scratch_copy(
+    url: URL, lock_timeout_s: int, notice: Callable[[str], None]
+) -> Iterator[ScratchCopy]:
+    """A copy of the database at `url`, dropped when the block ends.
 
     `notice` hears where the copy is, before it is filled.
 
@@ -83,8 +94,7 @@ def scratch_copy(url: URL, lock_timeout_s: int, notice: Callable[[str], None]) -
                 "the upgrade there; the live database is only read, and the copy is dropped "
                 "afterwards."
             )
-            fill_copy(live, copy_url, lock_timeout_s)
-            yield copy_url
+            yield ScratchCopy(copy_url, fill_copy(live, copy_url, lock_timeout_s))
     finally:
         live.dispose()
 
@@ -140,8 +150,11 @@ def sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
 
 
-def fill_copy(live: Engine, copy_url: URL, lock_timeout_s: int) -> None:
-    """Schema, rows and sequence values of one snapshot of `live`, written into the copy."""
+def fill_copy(live: Engine, copy_url: URL, lock_timeout_s: int) -> list[str]:
+    """Schema, rows and sequence values of one snapshot of `live`, written into the copy.
+
+    Returns the objects of the live schema left out of the copy.
+    """
     snapshot = live.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     copy = create_engine(copy_url, poolclass=NullPool)
     try:
@@ -150,6 +163,7 @@ def fill_copy(live: Engine, copy_url: URL, lock_timeout_s: int) -> None:
             require_schema(source, live.url)
             lock_tables(source)
             script = schema_script(source)
+            left_out = [" ".join(row) for row in source.exec_driver_sql(LEFT_OUT)]
             for statement in script.before_rows:
                 target.exec_driver_sql(statement)
             for table, columns in script.tables.items():
@@ -158,6 +172,7 @@ def fill_copy(live: Engine, copy_url: URL, lock_timeout_s: int) -> None:
                 target.exec_driver_sql(statement)
             target.commit()
             source.rollback()
+        return left_out
     except DBAPIError as exc:
         raise ScratchCopyError(
             f"could not copy the database for the plan: {describe_database_error(exc, copy_url)}"
@@ -183,13 +198,21 @@ def lock_tables(source: Connection) -> None:
 
 
 def copy_rows(source: Connection, target: Connection, table: str, columns: list[str]) -> None:
-    """Stream `table`'s rows from the snapshot into the copy, in COPY's text format."""
+    """Stream `table`'s rows from the snapshot into the copy, in COPY's text format.
+
+    FREEZE (the table was created in this transaction) writes the rows frozen
+    and visible to all: otherwise the first scan of the copy (the rehearsal's
+    counts, the upgrade's own) sets the hint bit of every row and writes every
+    page out again, and on 1,000,000 jobs that burst of writes made the
+    service's commits on the live database wait 100-230 ms (benchmark 9,
+    docs/performance.md).
+    """
     listed = ", ".join(columns)
     reader = source.connection.driver_connection.cursor()
     writer = target.connection.driver_connection.cursor()
     with (
         reader.copy(f"COPY {table} ({listed}) TO STDOUT") as rows_out,
-        writer.copy(f"COPY {table} ({listed}) FROM STDIN") as rows_in,
+        writer.copy(f"COPY {table} ({listed}) FROM STDIN WITH (FREEZE)") as rows_in,
     ):
         for block in rows_out:
             rows_in.write(block)
@@ -248,6 +271,26 @@ ORDER BY s.oid
 VIEWS = f"""
 SELECT quote_ident(relname), pg_get_viewdef(oid) FROM pg_class
 WHERE relkind = 'v' AND {IN_SCHEMA} ORDER BY oid
+"""
+LEFT_OUT = f"""
+SELECT 'function', p.oid::regprocedure::text FROM pg_proc p
+WHERE p.pronamespace = current_schema()::regnamespace AND NOT EXISTS (
+    SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+    AND d.deptype = 'e')
+UNION ALL
+SELECT 'trigger', quote_ident(t.tgname) || ' on ' || quote_ident(c.relname)
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.{IN_SCHEMA} AND NOT t.tgisinternal
+UNION ALL
+SELECT 'rule', quote_ident(r.rulename) || ' on ' || quote_ident(c.relname)
+FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+WHERE c.{IN_SCHEMA} AND c.relkind IN ('r', 'p') AND r.rulename <> '_RETURN'
+UNION ALL
+SELECT 'materialized view', quote_ident(relname) FROM pg_class WHERE relkind = 'm' AND {IN_SCHEMA}
+UNION ALL
+SELECT 'invalid index', quote_ident(x.relname) || ' on ' || quote_ident(c.relname)
+FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_class c ON c.oid = i.indrelid
+WHERE c.{IN_SCHEMA} AND NOT i.indisvalid
+ORDER BY 1, 2
 """
 ALL_SEQUENCES = f"SELECT quote_ident(relname) FROM pg_class WHERE relkind = 'S' AND {IN_SCHEMA}"
 INDEX_DEFINITION = re.compile(r"^(CREATE (?:UNIQUE )?INDEX \S+ ON )(?:ONLY )?\S+( USING .*)$", re.S)

@@ -20,8 +20,9 @@ Data loss, acknowledged in `acknowledged_data_loss`:
   whose old type the revision does not state);
 * `not_null <table>.<column>`: a NOT NULL column added without a server
   default to a table that may hold rows (it fails on every such table, so no
-  acknowledgement is accepted for it: add it nullable, fill it, make it NOT
-  NULL in a later revision, or give it a server default), or a column made
+  acknowledgement is accepted for it: add it nullable, fill it in a revision
+  of its own, make it NOT NULL in a later release, or give it a server
+  default), or a column made
   NOT NULL with no server default and no data step (`op.execute`) before it in
   the revision.
 
@@ -79,6 +80,8 @@ from app.migration.authoring.autogenerate import generic_type
 from app.migration.authoring.lock_rules import statement_hazards
 from app.migration.authoring.squawk import SquawkMissing
 from app.migration.authoring.statements import Statement, split_sql
+from app.migration.errors import RevisionFileError
+from app.migration.revisions import script_directory
 
 DATA_LOSS = "acknowledged_data_loss"
 LOCK_HAZARDS = "acknowledged_lock_hazards"
@@ -115,14 +118,17 @@ CONCURRENT_INDEX = (
     "as op.create_index(..., postgresql_concurrently=concurrently, if_not_exists=True)"
 )
 VALIDATE_LATER = (
-    "add it with postgresql_not_valid=True, then run op.execute('ALTER TABLE ... VALIDATE "
-    "CONSTRAINT ...') inside `with outside_transaction():` (app.migration.patterns), where it "
-    "blocks neither reads nor writes"
+    "add it with postgresql_not_valid=True after op.execute('ALTER TABLE ... DROP CONSTRAINT "
+    "IF EXISTS ...') (so a run after a failed one gets past it), then run "
+    "op.execute('ALTER TABLE ... VALIDATE CONSTRAINT ...') inside `with "
+    "outside_transaction():` (app.migration.patterns), where it blocks neither reads nor "
+    "writes; not in the transaction that added it, whose lock would stay held while it checks"
 )
 NOT_NULL_COLUMN_ADDED = (
     "adds a NOT NULL column without a server default, which fails on every table with rows; "
-    "add it nullable, fill it (fill_in_batches), then set NOT NULL in a later revision, or "
-    'give it a server default (docs/migrations.md, "A new NOT NULL column")'
+    "add it nullable, fill it in a revision of its own (fill_in_batches), then set NOT NULL "
+    'in a later release, or give it a server default (docs/migrations.md, "A new NOT NULL '
+    'column")'
 )
 EXPAND_CONTRACT = (
     "the previous release, still serving during a rolling upgrade, may read it: expand now, "
@@ -256,8 +262,10 @@ class RecordingImpl(DefaultImpl):
                 "set_not_null",
                 where,
                 "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock; first "
-                f"add CHECK ({column_name} IS NOT NULL) with op.create_check_constraint(..., "
-                "postgresql_not_valid=True), then, inside `with outside_transaction():` "
+                "drop the check if a failed run left it (op.execute('ALTER TABLE ... DROP "
+                f"CONSTRAINT IF EXISTS ...')) and add CHECK ({column_name} IS NOT NULL) with "
+                "op.create_check_constraint(..., postgresql_not_valid=True), then, inside "
+                "`with outside_transaction():` "
                 "(app.migration.patterns), op.execute('ALTER TABLE ... VALIDATE CONSTRAINT "
                 "...'), SET NOT NULL (it then skips the scan) and drop the check",
             )
@@ -522,7 +530,7 @@ def lint_revisions(script_directory: ScriptDirectory) -> list[Finding]:
 def revision_at(path: Path) -> Script:
     """The revision whose file is `path`, read from the versions folder it sits in."""
     migrations_dir = path.resolve().parents[1]
-    for script in ScriptDirectory(str(migrations_dir)).walk_revisions():
+    for script in script_directory(migrations_dir).walk_revisions():
         if Path(script.path).resolve() == path.resolve():
             return script
     raise LookupError(f"{path} is not a revision file of {migrations_dir}")
@@ -546,11 +554,9 @@ def main(argv: Sequence[str] = (), report: Callable[[str], None] = print) -> int
     args = parse_args(argv)
     if args.command == "hook":
         return report_new_revision(args.revision_file, report)
-    from app.migration.revisions import script_directory
-
     try:
         findings = lint_revisions(script_directory())
-    except SquawkMissing as exc:
+    except (SquawkMissing, RevisionFileError) as exc:
         report(f"lint: error: {exc}")
         return 2
     for finding in findings:

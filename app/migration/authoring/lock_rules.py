@@ -95,9 +95,10 @@ def statements_a_rerun_repeats(statements: Sequence[Statement]) -> Iterator[Haza
                 f"`{statement.sql.splitlines()[0][:80]}` is committed before the revision "
                 "ends (an autocommit block commits what precedes it and each statement in "
                 "it); when a later step fails, the next run starts from the top and this "
-                "statement fails again every time; make it run twice (if_not_exists=True / "
-                "IF NOT EXISTS, if_exists=True, DROP ... IF EXISTS before ADD CONSTRAINT) or "
-                "move it after the autocommit block",
+                "statement fails again every time; give it a revision of its own before this "
+                "one, make it run twice (if_not_exists=True / IF NOT EXISTS, if_exists=True, "
+                "DROP ... IF EXISTS before ADD CONSTRAINT; SQLite has no ADD COLUMN IF NOT "
+                "EXISTS) or move it after the autocommit block",
             )
 
 
@@ -152,7 +153,8 @@ def fills_in_the_transaction(statements: Sequence[Statement]) -> Iterator[Hazard
                 f"`{words(statement)}` runs in the upgrade's transaction and keeps every row "
                 "it changes locked until the upgrade commits, so the service's writes to them "
                 "wait; fill with fill_in_batches(table, set_=..., where=...) from "
-                "app.migration.patterns, which commits each batch",
+                "app.migration.patterns, which commits each batch, in a revision of its own "
+                '(docs/migrations.md, "Data migrations")',
             )
 
 
@@ -165,7 +167,8 @@ def rewriting_columns(statements: Sequence[Statement]) -> Iterator[Hazard]:
                 "a serial, identity or stored generated column, or a volatile default, "
                 "writes a value into every row: PostgreSQL rewrites the table under ACCESS "
                 "EXCLUSIVE; add the column nullable without it, SET DEFAULT for new rows, "
-                "then fill the old rows with fill_in_batches (app.migration.patterns)",
+                "then fill the old rows with fill_in_batches (app.migration.patterns) in a "
+                "revision of its own",
             )
 
 

@@ -24,10 +24,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from alembic.script import ScriptDirectory
-
 from app.migration import revisions
-from app.migration.errors import SeveralHeadsError
+from app.migration.errors import RevisionFileError, SeveralHeadsError
 from app.migration.manifest import (
     MIGRATIONS_DIR,
     UPDATE_COMMAND,
@@ -44,12 +42,12 @@ __all__ = ["Entry", "Manifest", "ManifestError", "manifest_path", "read_manifest
 
 def revisions_in_order(migrations_dir: Path) -> list:
     """The revision scripts from base to head."""
-    return list(reversed(list(ScriptDirectory(str(migrations_dir)).walk_revisions())))
+    return list(reversed(list(revisions.script_directory(migrations_dir).walk_revisions())))
 
 
 def single_head(migrations_dir: Path) -> str:
     try:
-        return revisions.single_head(ScriptDirectory(str(migrations_dir)))
+        return revisions.single_head(revisions.script_directory(migrations_dir))
     except SeveralHeadsError as exc:
         raise ManifestError(str(exc)) from None
 
@@ -132,7 +130,7 @@ def amend(revision: str, reason: str, migrations_dir: Path = MIGRATIONS_DIR) -> 
         raise ManifestError(f"revision {revision} is not in the manifest")
     if not reason.strip():
         raise ManifestError("say why the released revision changed: --reason '...'")
-    script = ScriptDirectory(str(migrations_dir)).get_revision(revision)
+    script = revisions.script_directory(migrations_dir).get_revision(revision)
     checksum = file_checksum(script.path)
     if checksum == entry.checksum:
         raise ManifestError(f"revision {revision}'s file has not changed; nothing to amend")
@@ -179,7 +177,7 @@ def main(argv: Sequence[str] = ()) -> int:
             amend(args.revision, args.reason, migrations_dir)
         else:
             update(migrations_dir)
-    except ManifestError as exc:
+    except (ManifestError, RevisionFileError) as exc:
         print(f"manifest: error: {exc}", file=sys.stderr)
         return 1
     print(f"manifest: {manifest_path(migrations_dir)} is up to date")

@@ -57,10 +57,11 @@ DROPPED = {
 SAFE_PATTERN = {
     "index_not_concurrent": "build it inside `with outside_transaction() as concurrently:` "
     "(app.migration.patterns) with postgresql_concurrently=concurrently, if_not_exists=True",
-    "set_not_null": "add CHECK (<column> IS NOT NULL) NOT VALID, VALIDATE it in its own "
-    "transaction, then SET NOT NULL",
+    "set_not_null": "add CHECK (<column> IS NOT NULL) NOT VALID (after DROP CONSTRAINT IF "
+    "EXISTS), then in outside_transaction() VALIDATE it, SET NOT NULL and drop the check",
     "not_null": "add it nullable, fill it in batches, then make it NOT NULL",
-    "validated_constraint": "add it NOT VALID, then VALIDATE CONSTRAINT in its own transaction; "
+    "validated_constraint": "add it NOT VALID (after DROP CONSTRAINT IF EXISTS), then "
+    "VALIDATE CONSTRAINT in outside_transaction(), not in the transaction that added it; "
     "for unique: a unique index built concurrently, then ADD CONSTRAINT ... USING INDEX",
     "rewriting_type": "add a column of the new type, backfill it in batches, move the code to "
     "it, drop the old one in a later release",

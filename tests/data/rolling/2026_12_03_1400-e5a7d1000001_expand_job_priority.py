@@ -1,4 +1,4 @@
-"""Expand: job.priority, nullable, filled in batches, then indexed concurrently.
+"""Expand: job.fixture_priority, nullable, filled in batches, then indexed concurrently.
 
 The first half of an expand/contract change (docs/replicas.md). Every step
 leaves a schema the previous release still serves from: its SELECTs name
@@ -47,17 +47,29 @@ PRIORITY = "CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END"
 
 def upgrade() -> None:
     """Upgrade schema."""
-    op.add_column("job", sa.Column("priority", sa.Integer(), nullable=True), if_not_exists=True)
-    fill_in_batches("job", set_=f"priority = {PRIORITY}", where="priority IS NULL")
+    op.add_column(
+        "job", sa.Column("fixture_priority", sa.Integer(), nullable=True), if_not_exists=True
+    )
+    fill_in_batches("job", set_=f"fixture_priority = {PRIORITY}", where="fixture_priority IS NULL")
     with op.get_context().autocommit_block():
         op.drop_index(
-            op.f("ix_job_priority"), table_name="job", postgresql_concurrently=True, if_exists=True
+            op.f("ix_job_fixture_priority"),
+            table_name="job",
+            postgresql_concurrently=True,
+            if_exists=True,
         )
-        op.create_index(op.f("ix_job_priority"), "job", ["priority"], postgresql_concurrently=True)
+        op.create_index(
+            op.f("ix_job_fixture_priority"),
+            "job",
+            ["fixture_priority"],
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
     """Downgrade schema."""
     with op.get_context().autocommit_block():
-        op.drop_index(op.f("ix_job_priority"), table_name="job", postgresql_concurrently=True)
-    op.drop_column("job", "priority")
+        op.drop_index(
+            op.f("ix_job_fixture_priority"), table_name="job", postgresql_concurrently=True
+        )
+    op.drop_column("job", "fixture_priority")

@@ -1,4 +1,4 @@
-"""Contract: job.priority becomes NOT NULL, without a long exclusive lock.
+"""Contract: job.fixture_priority becomes NOT NULL, without a long exclusive lock.
 
 The second half of the change that e5a7d1000001 started, shipped in a later
 image, once no replica of the release before that one runs any more. A plain
@@ -33,22 +33,23 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 BATCH_ROWS = 1_000
-CHECK_NAME = "ck_job_priority_not_null"
+CHECK_NAME = "ck_job_fixture_priority_not_null"
 PRIORITY = "CASE WHEN status IN ('queued', 'downloading') THEN 1 ELSE 0 END"
-FILL_NULLS = f"UPDATE job SET priority = {PRIORITY} WHERE priority IS NULL"
+FILL_NULLS = f"UPDATE job SET fixture_priority = {PRIORITY} WHERE fixture_priority IS NULL"
 
 
 def upgrade() -> None:
     """Upgrade schema."""
-    op.alter_column("job", "priority", server_default=sa.text("0"))
+    op.alter_column("job", "fixture_priority", server_default=sa.text("0"))
     with op.get_context().autocommit_block():
         fill_nulls()
         op.execute(f"ALTER TABLE job DROP CONSTRAINT IF EXISTS {CHECK_NAME}")
         op.execute(
-            f"ALTER TABLE job ADD CONSTRAINT {CHECK_NAME} CHECK (priority IS NOT NULL) NOT VALID"
+            f"ALTER TABLE job ADD CONSTRAINT {CHECK_NAME} "
+            "CHECK (fixture_priority IS NOT NULL) NOT VALID"
         )
         op.execute(f"ALTER TABLE job VALIDATE CONSTRAINT {CHECK_NAME}")
-        op.alter_column("job", "priority", nullable=False)
+        op.alter_column("job", "fixture_priority", nullable=False)
         op.drop_constraint(op.f(CHECK_NAME), "job", type_="check")
 
 
@@ -57,11 +58,13 @@ def fill_nulls() -> None:
     if op.get_context().as_sql:
         op.execute(FILL_NULLS)
         return
-    batch = sa.text(f"{FILL_NULLS} AND id IN (SELECT id FROM job WHERE priority IS NULL LIMIT :n)")
+    batch = sa.text(
+        f"{FILL_NULLS} AND id IN (SELECT id FROM job WHERE fixture_priority IS NULL LIMIT :n)"
+    )
     while op.get_bind().execute(batch, {"n": BATCH_ROWS}).rowcount:
         pass
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    op.alter_column("job", "priority", nullable=True, server_default=None)
+    op.alter_column("job", "fixture_priority", nullable=True, server_default=None)

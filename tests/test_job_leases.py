@@ -1,0 +1,178 @@
+"""Job owners and leases (app/data/leases.py), on a migrated SQLite and PostgreSQL database.
+
+A start fails the jobs its own earlier run left and those whose lease ran
+out, and never a job another replica holds or one a release without leases
+created (docs/replicas.md, "Whose jobs a start fails"). On SQLite, one
+service's own file, a start fails every unfinished job.
+"""
+
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.data import crud
+from app.data.leases import (
+    INTERRUPTED_MESSAGE,
+    LEASE,
+    Heartbeat,
+    fail_jobs_left_at_start,
+)
+from app.data.models import Job
+from app.data.session import session_scope
+from app.engine import make_engine
+from app.migration.guarded_run import upgrade_database
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+ME, OTHER = "replica-a", "replica-b"
+UNFINISHED = ("queued", "downloading")
+FINISHED = ("completed", "failed", "cancelled")
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    upgrade_database(settings)
+    service_engine = make_engine(settings.database_url)
+    yield service_engine
+    service_engine.dispose()
+
+
+def add_job(engine: Engine, status: str, owner: str | None, lease_left: timedelta | None) -> str:
+    """A job of `owner` whose lease runs out `lease_left` after NOW (None: no lease)."""
+    lease = None if lease_left is None else NOW + lease_left
+    with session_scope(engine) as session:
+        job = Job(status=status, owner=owner, lease_expires_at=lease)
+        session.add(job)
+    return job.id
+
+
+def states(engine: Engine, ids: list[str]) -> list[tuple[str, str | None]]:
+    with session_scope(engine) as session:
+        jobs = [crud.get_job(session, job_id) for job_id in ids]
+        return [(job.status, job.message) for job in jobs]
+
+
+def lease_of(engine: Engine, job_id: str) -> datetime | None:
+    with session_scope(engine) as session:
+        lease = crud.get_job(session, job_id).lease_expires_at
+    # SQLite hands timestamps back naive; they were written as UTC.
+    return lease if lease is None or lease.tzinfo else lease.replace(tzinfo=UTC)
+
+
+def fail_at_start(engine: Engine, *, sole_service: bool) -> int:
+    with session_scope(engine) as session:
+        return fail_jobs_left_at_start(session, ME, sole_service=sole_service, now=NOW)
+
+
+FAILED = ("failed", INTERRUPTED_MESSAGE)
+
+
+def test_a_start_fails_its_own_and_expired_jobs_only(engine: Engine) -> None:
+    live = timedelta(seconds=30)
+    mine = [add_job(engine, status, ME, live) for status in UNFINISHED]
+    expired = [add_job(engine, status, OTHER, -timedelta(seconds=1)) for status in UNFINISHED]
+    held = [add_job(engine, status, OTHER, live) for status in UNFINISHED]
+    unowned = [add_job(engine, status, None, None) for status in UNFINISHED]
+    finished = [add_job(engine, status, ME, -live) for status in FINISHED]
+
+    assert fail_at_start(engine, sole_service=False) == 4
+
+    assert states(engine, mine + expired) == [FAILED] * 4
+    assert states(engine, held + unowned) == [(status, None) for status in UNFINISHED * 2]
+    assert states(engine, finished) == [(status, None) for status in FINISHED]
+    assert fail_at_start(engine, sole_service=False) == 0
+
+
+def test_a_sole_service_start_fails_every_unfinished_job(engine: Engine) -> None:
+    unfinished = [add_job(engine, "downloading", owner, None) for owner in (ME, OTHER, None)]
+    finished = add_job(engine, "completed", None, None)
+
+    assert fail_at_start(engine, sole_service=True) == 3
+
+    assert states(engine, unfinished) == [FAILED] * 3
+    assert states(engine, [finished]) == [("completed", None)]
+
+
+def test_a_beat_renews_my_unfinished_leases_and_fails_expired_jobs(engine: Engine) -> None:
+    mine = add_job(engine, "downloading", ME, timedelta(seconds=5))
+    my_finished = add_job(engine, "completed", ME, timedelta(seconds=5))
+    others = add_job(engine, "queued", OTHER, timedelta(seconds=5))
+    expired = add_job(engine, "downloading", OTHER, -timedelta(seconds=5))
+    unowned = add_job(engine, "downloading", None, None)
+
+    assert Heartbeat(engine, ME).beat(NOW) == (1, 1)
+
+    assert lease_of(engine, mine) == NOW + LEASE
+    assert lease_of(engine, my_finished) == lease_of(engine, others) == NOW + timedelta(seconds=5)
+    assert states(engine, [mine, others, unowned]) == [
+        ("downloading", None),
+        ("queued", None),
+        ("downloading", None),
+    ]
+    assert states(engine, [expired]) == [FAILED]
+
+
+def test_a_replica_that_stops_beating_loses_its_jobs_to_one_that_beats(engine: Engine) -> None:
+    job = add_job(engine, "downloading", OTHER, LEASE)
+    survivor = Heartbeat(engine, ME)
+
+    assert survivor.beat(NOW + LEASE / 2) == (0, 0)
+    assert states(engine, [job]) == [("downloading", None)]
+    assert survivor.beat(NOW + LEASE + timedelta(seconds=1)) == (0, 1)
+    assert states(engine, [job]) == [FAILED]
+
+
+def test_creating_or_updating_a_job_claims_it(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        job = crud.create_job(session, owner=ME)
+        assert job.lease_expires_at == job.created_at + LEASE
+    with session_scope(engine) as session:
+        updated = crud.update_job(session, job.id, owner=OTHER, status="downloading")
+        assert (updated.owner, updated.lease_expires_at) == (OTHER, updated.updated_at + LEASE)
+    with session_scope(engine) as session:
+        assert crud.get_job(session, job.id).owner == OTHER
+
+
+def test_the_heartbeat_thread_beats_until_stopped(engine: Engine) -> None:
+    job = add_job(engine, "downloading", ME, -timedelta(days=1))
+    beats = threading.Semaphore(0)
+
+    class Counted(Heartbeat):
+        def beat(self, now: datetime) -> tuple[int, int]:
+            result = super().beat(now)
+            beats.release()
+            return result
+
+    with Counted(engine, ME, interval=timedelta(milliseconds=10)) as heartbeat:
+        assert beats.acquire(timeout=10) and beats.acquire(timeout=10)
+    assert not heartbeat.thread.is_alive()
+    assert lease_of(engine, job) > datetime.now(UTC)
+
+
+def test_a_failed_beat_is_logged_and_the_next_one_runs(caplog: pytest.LogCaptureFixture) -> None:
+    unreachable = make_engine(make_url("postgresql+psycopg://nobody:s3cret@127.0.0.1:1/none"))
+
+    class Twice(Heartbeat):
+        attempts = 0
+
+        def beat(self, now: datetime) -> tuple[int, int]:
+            self.attempts += 1
+            if self.attempts == 2:
+                self.stopping.set()
+            return super().beat(now)
+
+    with caplog.at_level(logging.WARNING, logger="app.data.leases"):
+        heartbeat = Twice(unreachable, ME, interval=timedelta(milliseconds=10))
+        with heartbeat:
+            heartbeat.thread.join(timeout=30)
+    unreachable.dispose()
+    assert heartbeat.attempts == 2
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert all(w.startswith("Job lease heartbeat failed, trying again: ") for w in warnings)
+    assert not any("s3cret" in w or "\n" in w for w in warnings), warnings
