@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
@@ -21,7 +21,9 @@ from app.data.leases import (
     INTERRUPTED_MESSAGE,
     LEASE,
     Heartbeat,
+    fail_expired_jobs,
     fail_jobs_left_at_start,
+    renew_leases,
 )
 from app.data.models import Job
 from app.data.session import session_scope
@@ -115,6 +117,28 @@ def test_a_beat_renews_my_unfinished_leases_and_fails_expired_jobs(engine: Engin
         ("downloading", None),
     ]
     assert states(engine, [expired]) == [FAILED]
+
+
+def test_a_beat_skips_the_jobs_another_session_holds_instead_of_waiting(engine: Engine) -> None:
+    """A batched fill holds the rows of its batch; a beat waiting for them, while it holds
+    rows the fill reaches next, would be a deadlock (the rolling test met one)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: no row is held by another session")
+    held, free = (add_job(engine, "downloading", ME, timedelta(seconds=5)) for _ in "ab")
+    expired = add_job(engine, "downloading", OTHER, -timedelta(seconds=5))
+    with engine.connect() as other:
+        other.execute(text("SET lock_timeout = '5s'"))
+        locked = "SELECT id FROM job WHERE id IN (:a, :b) FOR UPDATE"
+        other.execute(text(locked), {"a": held, "b": expired})
+        with session_scope(engine) as session:
+            session.exec(text("SET LOCAL lock_timeout = '1s'"))
+            renewed = renew_leases(session, ME, NOW)
+            failed = fail_expired_jobs(session, NOW)
+        other.rollback()
+
+    assert (renewed, failed) == (1, 0)
+    assert lease_of(engine, free) == NOW + LEASE
+    assert lease_of(engine, held) == NOW + timedelta(seconds=5)
 
 
 def test_a_replica_that_stops_beating_loses_its_jobs_to_one_that_beats(engine: Engine) -> None:

@@ -90,7 +90,7 @@ def contract_image(engine: Engine, image: str) -> str:
 @pytest.fixture(scope="session")
 def previous_image(engine: Engine, image: str) -> str:
     """The release before the newest revision: this checkout's code before it came in."""
-    return build_image_before(engine, f"{image}-previous")
+    return build_image_before(engine, "app/data/leases.py", f"{image}-previous")
 
 
 @pytest.fixture(scope="session")

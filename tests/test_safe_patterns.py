@@ -25,6 +25,7 @@ Each run starts from a database cloned from a template (CREATE DATABASE ...
 TEMPLATE), set up once: the real chain at head, then the rows.
 """
 
+import dataclasses
 import re
 import threading
 import time
@@ -128,7 +129,10 @@ def validated(constraint: str) -> str:
 
 
 MANY, FEWER = 100_000, 20_000
-FILLED_PRIORITY = f"SELECT bool_and(priority = {PRIORITY}) FROM job"
+HARMFUL_ROWS = 400_000
+"""Rows for the harmful variant: its VALIDATE must outlast the probe's lock_timeout on a fast,
+idle machine too (100,000 rows took 90-200 ms here, 400,000 several times that)."""
+FILLED_PRIORITY = f"SELECT bool_and(fixture_priority = {PRIORITY}) FROM job"
 PATTERNS = (
     Pattern("index", MIGRATIONS_GUIDE, ("job",), FEWER, FILLED_PRIORITY),
     Pattern("expand (replicas)", REPLICAS_GUIDE, ("job",), FEWER, FILLED_PRIORITY),
@@ -137,15 +141,15 @@ PATTERNS = (
         chain("migrations.md", "not-null-server-default", number=3),
         ("job",),
         MANY,
-        "SELECT bool_and(priority = 0) FROM job",
+        "SELECT bool_and(fixture_priority = 0) FROM job",
     ),
     Pattern(
         "NOT NULL: add, fill, then set",
         chain("migrations.md", "not-null-add", "not-null-set", number=4),
         ("job",),
         FEWER,
-        "SELECT bool_and(seen_at = updated_at) AND bool_and(attnotnull) FROM job, pg_attribute "
-        "WHERE attrelid = 'job'::regclass AND attname = 'seen_at'",
+        "SELECT bool_and(fixture_seen_at = updated_at) AND bool_and(attnotnull) "
+        "FROM job, pg_attribute WHERE attrelid = 'job'::regclass AND attname = 'fixture_seen_at'",
     ),
     Pattern(
         "foreign key",
@@ -392,7 +396,7 @@ def test_validated_in_its_own_transaction_the_foreign_key_blocks_writes(
 ) -> None:
     """The harmful form of the foreign key pattern (VALIDATE in the transaction of the ADD):
     the second session's writes run out of their lock_timeout, and the lint says why."""
-    pattern = BY_NAME["foreign key"]
+    pattern = dataclasses.replace(BY_NAME["foreign key"], rows=HARMFUL_ROWS)
     timed = timed_upgrade(databases, tmp_path, pattern, validated_in_its_transaction)
     assert any("lock timeout" in failure for failure in timed.failures), timed.line()
     findings = lint_revisions(ScriptDirectory(str(tmp_path / "project" / "migrations")))

@@ -129,11 +129,17 @@ def outside_transaction() -> Iterator[bool]:
     Yields True in Alembic's autocommit block (the run's transaction, with every
     revision before, is committed first; each statement then commits on its
     own), and offline; False inside a caller's open transaction, where the
-    statements run in that transaction. Pass it on as
+    statements run in that transaction, and on SQLite, which builds nothing
+    concurrently: leaving the run's transaction there would buy nothing and
+    would end the file's all-or-nothing upgrade. Pass it on as
     `postgresql_concurrently=concurrently`: CONCURRENTLY cannot run in a
     transaction block.
     """
-    with leaving_transaction(op.get_context()) as left:
+    context = op.get_context()
+    if context.dialect.name == "sqlite" and not context.as_sql:
+        yield False
+        return
+    with leaving_transaction(context) as left:
         yield left
 
 
