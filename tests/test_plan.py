@@ -885,6 +885,7 @@ def test_stopped_plan_drops_its_copy_and_says_so(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_in_a_terminal,
     )
     notice = process.stderr.readline()
     wait_until_sleeping(postgres_url)
@@ -894,6 +895,15 @@ def test_stopped_plan_drops_its_copy_and_says_so(
     assert errors == "anibridge: error: the plan was interrupted; its scratch copy was dropped\n"
     assert_scratch_copy_gone(env, notice)
     unchanged()
+
+
+def as_in_a_terminal() -> None:
+    """Let Ctrl-C reach the plan as a shell's foreground job gets it.
+
+    A suite started in the background (`make test &`) ignores SIGINT, and a
+    process inherits that: Python then installs no KeyboardInterrupt handler.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until_sleeping(url: URL, timeout_s: float = 60) -> None:
