@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from pytest_alembic.config import Config as PytestAlembicConfig
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
 from app.config import Settings, load_settings
+from app.engine import make_engine
+from app.migration.guarded_run import upgrade_database
 from app.migration.revisions import alembic_config as make_alembic_config
 from tests.revision_data import rows_by_revision
 from tests.row_dump import RowDump, explain_difference
@@ -133,6 +136,15 @@ def settings_for(url: URL, data_dir: Path, **environ: str) -> Settings:
     env.update(environ)
     data_dir.mkdir(parents=True, exist_ok=True)
     return load_settings(env)
+
+
+@pytest.fixture
+def migrated_engine(settings: Settings) -> Iterator[Engine]:
+    """The service's engine on a database the upgrade brought to head."""
+    upgrade_database(settings)
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
