@@ -124,9 +124,11 @@ def app_dir(shared_root: Path) -> Path:
     return copy_project(shared_root / "app")
 
 
-def runs_as_app_user(gosu: str, python: str) -> bool:
+def runs_as_app_user(gosu: str, python: str, app_dir: Path) -> bool:
+    """Whether `python`, run by the app user in APP_DIR as the entrypoint runs it, loads the
+    libraries (alembic loads the project's plugin entry point, app.migration, from there)."""
     probe = [gosu, f"{APP_UID}:{APP_UID}", python, "-c", "import sqlalchemy, alembic"]
-    return subprocess.run(probe, capture_output=True, cwd="/").returncode == 0
+    return subprocess.run(probe, capture_output=True, cwd=app_dir).returncode == 0
 
 
 def venv_for_app_user(shared_root: Path) -> Path:
@@ -151,11 +153,11 @@ def venv_for_app_user(shared_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_user_python(gosu: str, shared_root: Path) -> str:
-    if runs_as_app_user(gosu, sys.executable):
+def app_user_python(gosu: str, shared_root: Path, app_dir: Path) -> str:
+    if runs_as_app_user(gosu, sys.executable, app_dir):
         return sys.executable
     python = str(venv_for_app_user(shared_root))
-    if not runs_as_app_user(gosu, python):
+    if not runs_as_app_user(gosu, python, app_dir):
         pytest.fail(f"no Python with the project's packages is runnable by uid {APP_UID}")
     return python
 
